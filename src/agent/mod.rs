@@ -1,0 +1,204 @@
+//! The domain: run one agent turn on a conversation, and run background tasks ([`runner`]).
+//!
+//! Functions here take what they need (`&dyn LlmProvider`, `&dyn ConversationStore`) and know
+//! nothing about axum, so that they can be tested without HTTP.
+
+pub mod runner;
+
+use futures::StreamExt;
+use tracing::instrument;
+
+use crate::llm::{
+    ChatChunk, ChatRequest, ChunkStream, LlmError, LlmProvider, Message, Usage, count_tokens,
+};
+use crate::store::{ConversationStore, StoreError, TurnLease};
+
+pub use runner::TaskRunner;
+
+/// A validated chat turn: every field has its final value.
+#[derive(Debug, Clone)]
+pub struct ChatTurn {
+    pub conversation_id: Option<String>,
+    pub message: String,
+    pub system_prompt: String,
+    pub temperature: f64,
+    pub max_tokens: u32,
+    pub model: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TurnOutcome {
+    pub conversation_id: String,
+    pub response: String,
+    pub tokens_used: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error(transparent)]
+    Llm(#[from] LlmError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Busy(String),
+}
+
+/// A turn whose lease is held and whose request is built, ready to call the model.
+struct PreparedTurn {
+    lease: Box<dyn TurnLease>,
+    conversation_id: String,
+    request: ChatRequest,
+    /// The messages this turn adds before the answer (the system prompt on a new conversation,
+    /// then the user message).
+    new_messages: Vec<Message>,
+}
+
+async fn prepare(
+    store: &dyn ConversationStore,
+    owner: &str,
+    turn: ChatTurn,
+) -> Result<PreparedTurn, AgentError> {
+    let conversation_id = turn
+        .conversation_id
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let lease = store
+        .begin_turn(owner, &conversation_id)
+        .await?
+        .ok_or(AgentError::NotFound("conversation"))?;
+    let mut new_messages = Vec::with_capacity(2);
+    if lease.history().is_empty() {
+        new_messages.push(Message::new("system", turn.system_prompt));
+    }
+    new_messages.push(Message::new("user", turn.message));
+    let mut messages = Vec::with_capacity(lease.history().len() + new_messages.len());
+    messages.extend_from_slice(lease.history());
+    messages.extend_from_slice(&new_messages);
+    let request = ChatRequest::new(&turn.model, &messages, turn.temperature, turn.max_tokens);
+    Ok(PreparedTurn {
+        lease,
+        conversation_id,
+        request,
+        new_messages,
+    })
+}
+
+fn tokens(usage: Option<Usage>, request: &ChatRequest, answer: &str) -> u64 {
+    usage.map(|u| u.total_tokens).unwrap_or_else(|| {
+        // The upstream reported no usage: count words, so that the number is never absent.
+        count_tokens(&request.all_text()) + count_tokens(answer)
+    })
+}
+
+/// Runs one non-streamed turn. On any error the conversation is left exactly as it was.
+#[instrument(skip_all, fields(conversation_id))]
+pub async fn run_turn(
+    llm: &dyn LlmProvider,
+    store: &dyn ConversationStore,
+    owner: &str,
+    turn: ChatTurn,
+) -> Result<TurnOutcome, AgentError> {
+    let mut prepared = prepare(store, owner, turn).await?;
+    tracing::Span::current().record("conversation_id", prepared.conversation_id.as_str());
+    let completion = llm.complete(prepared.request.clone()).await?;
+    let tokens_used = tokens(completion.usage, &prepared.request, &completion.content);
+    prepared
+        .new_messages
+        .push(Message::new("assistant", completion.content.clone()));
+    prepared.lease.commit(prepared.new_messages).await?;
+    Ok(TurnOutcome {
+        conversation_id: prepared.conversation_id,
+        response: completion.content,
+        tokens_used,
+    })
+}
+
+/// What a streamed turn yields.
+#[derive(Debug, Clone)]
+pub enum TurnEvent {
+    /// A piece of the answer.
+    Delta(String),
+    /// The answer is complete and saved.
+    Done {
+        conversation_id: String,
+        tokens_used: u64,
+    },
+    /// The turn failed after it started; nothing was saved. The stream ends after this.
+    Failed(AgentError),
+}
+
+impl Clone for AgentError {
+    fn clone(&self) -> Self {
+        match self {
+            Self::NotFound(k) => Self::NotFound(k),
+            Self::Llm(e) => Self::Llm(e.clone()),
+            Self::Store(e) => Self::Store(e.clone()),
+            Self::Busy(s) => Self::Busy(s.clone()),
+        }
+    }
+}
+
+pub type TurnStream = std::pin::Pin<Box<dyn futures::Stream<Item = TurnEvent> + Send>>;
+
+/// Starts a streamed turn. Errors before the model's first byte (unknown conversation, store,
+/// the upstream refusing the call) are returned here; later ones arrive as [`TurnEvent::Failed`].
+/// The turn holds the conversation until the stream ends; the answer is appended only when the
+/// stream completes, so a failed or abandoned (dropped) stream leaves the conversation as it was.
+pub async fn stream_turn(
+    llm: &dyn LlmProvider,
+    store: &dyn ConversationStore,
+    owner: &str,
+    turn: ChatTurn,
+) -> Result<(String, TurnStream), AgentError> {
+    let prepared = prepare(store, owner, turn).await?;
+    let upstream = llm.stream(prepared.request.clone()).await?;
+    let id = prepared.conversation_id.clone();
+    struct St {
+        prepared: Option<PreparedTurn>,
+        upstream: ChunkStream,
+        answer: String,
+        usage: Option<Usage>,
+    }
+    let st = St {
+        prepared: Some(prepared),
+        upstream,
+        answer: String::new(),
+        usage: None,
+    };
+    let stream = futures::stream::unfold(st, |mut st| async move {
+        loop {
+            // `prepared` is taken when the stream has ended (done or failed).
+            st.prepared.as_ref()?;
+            match st.upstream.next().await {
+                Some(Ok(ChatChunk { delta, usage, .. })) => {
+                    st.usage = usage.or(st.usage);
+                    if !delta.is_empty() {
+                        st.answer.push_str(&delta);
+                        return Some((TurnEvent::Delta(delta), st));
+                    }
+                }
+                Some(Err(e)) => {
+                    st.prepared = None;
+                    return Some((TurnEvent::Failed(e.into()), st));
+                }
+                None => {
+                    let mut prepared = st.prepared.take()?;
+                    let tokens_used = tokens(st.usage, &prepared.request, &st.answer);
+                    prepared
+                        .new_messages
+                        .push(Message::new("assistant", std::mem::take(&mut st.answer)));
+                    let event = match prepared.lease.commit(prepared.new_messages).await {
+                        Ok(()) => TurnEvent::Done {
+                            conversation_id: prepared.conversation_id,
+                            tokens_used,
+                        },
+                        Err(e) => TurnEvent::Failed(e.into()),
+                    };
+                    return Some((event, st));
+                }
+            }
+        }
+    });
+    Ok((id, Box::pin(stream)))
+}

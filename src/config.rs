@@ -1,0 +1,524 @@
+//! Configuration: the only module that reads the environment.
+//!
+//! Everything is parsed once, at start, into typed values; a bad value stops the start with a
+//! message naming the variable. Secrets are wrapped in [`Secret`] so that `Debug` prints `***`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+
+/// A value that must never reach a log line or an error body.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    OpenAi,
+    Echo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+    Redis(String),
+}
+
+/// One configured API key: its name (the owner of what it creates) and the SHA-256 of the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub name: String,
+    pub sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKey({}=***)", self.name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {var}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+/// The server's configuration. Variables, with their defaults:
+///
+/// | variable | default |
+/// | --- | --- |
+/// | `HOST` / `PORT` | `127.0.0.1` / `8000` |
+/// | `LLM_PROVIDER` | `openai` if `OPENAI_API_KEY` or `OPENAI_BASE_URL` is set, else `echo` |
+/// | `OPENAI_API_KEY` / `OPENAI_BASE_URL` | unset / `https://api.openai.com/v1` |
+/// | `CHAT_MODEL` / `TASK_MODEL` | `gpt-4o-mini` / `gpt-4o` |
+/// | `MODELS` | the chat and task models (comma-separated; what `/v1/models` lists) |
+/// | `UPSTREAM_TIMEOUT_SECS` | `60` |
+/// | `API_KEYS` / `API_KEYS_FILE` | unset |
+/// | `ALLOW_NO_AUTH` | `false` |
+/// | `RATE_LIMIT_PER_MINUTE` / `RATE_LIMIT_BURST` | `60` / `10` |
+/// | `RATE_LIMIT_PER_KEY_PER_MINUTE` | unset (no per-key limit) |
+/// | `TRUSTED_PROXIES` | unset |
+/// | `STORE` / `STORE_PREFIX` / `TASK_LEASE_SECS` | `memory` / `agent-api:` / `15` |
+/// | `MAX_BODY_BYTES` | `1048576` |
+/// | `MAX_IN_FLIGHT` | `1024` |
+/// | `REQUEST_TIMEOUT_SECS` | `120` (non-streaming requests) |
+/// | `SHUTDOWN_GRACE_SECS` | `30` |
+/// | `MAX_CONVERSATIONS` / `MAX_MESSAGES_PER_CONVERSATION` / `CONVERSATION_TTL_SECS` | `10000` / `200` / `86400` |
+/// | `TASK_CONCURRENCY` / `TASK_QUEUE_SIZE` / `TASK_TIMEOUT_SECS` / `TASK_TTL_SECS` / `MAX_TASKS` | `4` / `100` / `300` / `3600` / `10000` |
+/// | `SSE_KEEPALIVE_SECS` | `15` |
+/// | `WS_PING_SECS` / `WS_IDLE_TIMEOUT_SECS` / `WS_MAX_MESSAGE_BYTES` | `20` / `300` / `65536` |
+/// | `CORS_ORIGINS` | unset (no cross-origin access) |
+/// | `ECHO_DELAY_MS` | `15` (pause between the echo provider's chunks) |
+/// | `RUST_LOG` / `LOG_FORMAT` | `info` / `pretty` |
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub provider: ProviderKind,
+    pub openai_api_key: Option<Secret>,
+    pub openai_base_url: String,
+    pub chat_model: String,
+    pub task_model: String,
+    pub models: Vec<String>,
+    pub upstream_timeout: Duration,
+    pub api_keys: Vec<ApiKey>,
+    pub allow_no_auth: bool,
+    pub rate_limit_per_minute: u32,
+    pub rate_limit_burst: u32,
+    pub rate_limit_per_key_per_minute: Option<u32>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub store: StoreKind,
+    pub store_prefix: String,
+    pub task_lease: Duration,
+    pub max_body_bytes: usize,
+    pub max_in_flight: usize,
+    pub request_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub max_conversations: usize,
+    pub max_messages_per_conversation: usize,
+    pub conversation_ttl: Duration,
+    pub task_concurrency: usize,
+    pub task_queue_size: usize,
+    pub task_timeout: Duration,
+    pub task_ttl: Duration,
+    pub max_tasks: usize,
+    pub sse_keepalive: Duration,
+    pub ws_ping: Duration,
+    pub ws_idle_timeout: Duration,
+    pub ws_max_message_bytes: usize,
+    pub cors_origins: Vec<String>,
+    pub echo_delay: Duration,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+}
+
+impl Config {
+    /// Reads the process environment (after an optional `.env`, which `main` loads).
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "config.rs is the one place that reads the environment"
+    )]
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let vars: HashMap<String, String> = std::env::vars().collect();
+        let file_keys = match vars.get("API_KEYS_FILE").filter(|p| !p.is_empty()) {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| ConfigError {
+                var: "API_KEYS_FILE",
+                reason: format!("cannot read {path}: {e}"),
+            })?),
+            None => None,
+        };
+        Self::from_lookup(|k| vars.get(k).cloned(), file_keys.as_deref())
+    }
+
+    /// Parses from any lookup function; `api_keys_file` is the content of `API_KEYS_FILE`.
+    pub fn from_lookup(
+        get: impl Fn(&str) -> Option<String>,
+        api_keys_file: Option<&str>,
+    ) -> Result<Self, ConfigError> {
+        let get = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let host: IpAddr = parse(&get, "HOST", "127.0.0.1".parse().ok())?;
+        let port: u16 = parse(&get, "PORT", Some(8000))?;
+        let openai_api_key = get("OPENAI_API_KEY").map(Secret::new);
+        let base_url_set = get("OPENAI_BASE_URL");
+        let provider = match get("LLM_PROVIDER").as_deref() {
+            Some("openai") => ProviderKind::OpenAi,
+            Some("echo") => ProviderKind::Echo,
+            Some(other) => {
+                return Err(ConfigError {
+                    var: "LLM_PROVIDER",
+                    reason: format!("expected `openai` or `echo`, got `{other}`"),
+                });
+            }
+            None if openai_api_key.is_some() || base_url_set.is_some() => ProviderKind::OpenAi,
+            None => ProviderKind::Echo,
+        };
+        let openai_base_url = base_url_set
+            .unwrap_or_else(|| "https://api.openai.com/v1".into())
+            .trim_end_matches('/')
+            .to_owned();
+        if !(openai_base_url.starts_with("http://") || openai_base_url.starts_with("https://")) {
+            return Err(ConfigError {
+                var: "OPENAI_BASE_URL",
+                reason: "must start with http:// or https://".into(),
+            });
+        }
+        let chat_model = get("CHAT_MODEL").unwrap_or_else(|| "gpt-4o-mini".into());
+        let task_model = get("TASK_MODEL").unwrap_or_else(|| "gpt-4o".into());
+        let models = match get("MODELS") {
+            Some(list) => split_list(&list),
+            None if chat_model == task_model => vec![chat_model.clone()],
+            None => vec![chat_model.clone(), task_model.clone()],
+        };
+
+        let mut api_keys = match get("API_KEYS") {
+            Some(list) => parse_api_keys(&split_list(&list), "API_KEYS")?,
+            None => Vec::new(),
+        };
+        if let Some(text) = api_keys_file {
+            let lines: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect();
+            api_keys.extend(parse_api_keys(&lines, "API_KEYS_FILE")?);
+        }
+        let allow_no_auth: bool = parse(&get, "ALLOW_NO_AUTH", Some(false))?;
+        if api_keys.is_empty() && !host.is_loopback() && !allow_no_auth {
+            return Err(ConfigError {
+                var: "API_KEYS",
+                reason: format!(
+                    "no API keys are configured and HOST={host} is not a loopback address; \
+                     set API_KEYS (or API_KEYS_FILE), listen on 127.0.0.1, or set ALLOW_NO_AUTH=true \
+                     to serve without authentication"
+                ),
+            });
+        }
+
+        let trusted_proxies = match get("TRUSTED_PROXIES") {
+            Some(list) => split_list(&list)
+                .iter()
+                .map(|s| {
+                    s.parse::<IpNet>()
+                        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                        .map_err(|_| ConfigError {
+                            var: "TRUSTED_PROXIES",
+                            reason: format!("`{s}` is not a CIDR or an IP address"),
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        };
+        let store = match get("STORE").as_deref() {
+            None | Some("memory") => StoreKind::Memory,
+            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                StoreKind::Redis(url.to_owned())
+            }
+            Some(_) => {
+                return Err(ConfigError {
+                    var: "STORE",
+                    reason: "expected `memory` or a redis://host:port/db URL".into(),
+                });
+            }
+        };
+        let log_format = match get("LOG_FORMAT").as_deref() {
+            None | Some("pretty") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError {
+                    var: "LOG_FORMAT",
+                    reason: format!("expected `pretty` or `json`, got `{other}`"),
+                });
+            }
+        };
+        let per_minute: u32 = parse(&get, "RATE_LIMIT_PER_MINUTE", Some(60))?;
+        let burst: u32 = parse(&get, "RATE_LIMIT_BURST", Some(10))?;
+        positive("RATE_LIMIT_PER_MINUTE", per_minute as u64)?;
+        positive("RATE_LIMIT_BURST", burst as u64)?;
+        let per_key: Option<u32> = parse(&get, "RATE_LIMIT_PER_KEY_PER_MINUTE", None)
+            .map(Some)
+            .or_else(|e| {
+                if get("RATE_LIMIT_PER_KEY_PER_MINUTE").is_none() {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            })?;
+
+        let cfg = Config {
+            addr: SocketAddr::new(host, port),
+            provider,
+            openai_api_key,
+            openai_base_url,
+            chat_model,
+            task_model,
+            models,
+            upstream_timeout: secs(&get, "UPSTREAM_TIMEOUT_SECS", 60)?,
+            api_keys,
+            allow_no_auth,
+            rate_limit_per_minute: per_minute,
+            rate_limit_burst: burst,
+            rate_limit_per_key_per_minute: per_key,
+            trusted_proxies,
+            store,
+            store_prefix: get("STORE_PREFIX").unwrap_or_else(|| "agent-api:".into()),
+            task_lease: secs(&get, "TASK_LEASE_SECS", 15)?,
+            max_body_bytes: count(&get, "MAX_BODY_BYTES", 1024 * 1024)?,
+            max_in_flight: count(&get, "MAX_IN_FLIGHT", 1024)?,
+            request_timeout: secs(&get, "REQUEST_TIMEOUT_SECS", 120)?,
+            shutdown_grace: secs(&get, "SHUTDOWN_GRACE_SECS", 30)?,
+            max_conversations: count(&get, "MAX_CONVERSATIONS", 10_000)?,
+            max_messages_per_conversation: count(&get, "MAX_MESSAGES_PER_CONVERSATION", 200)?,
+            conversation_ttl: secs(&get, "CONVERSATION_TTL_SECS", 86_400)?,
+            task_concurrency: count(&get, "TASK_CONCURRENCY", 4)?,
+            task_queue_size: count(&get, "TASK_QUEUE_SIZE", 100)?,
+            task_timeout: secs(&get, "TASK_TIMEOUT_SECS", 300)?,
+            task_ttl: secs(&get, "TASK_TTL_SECS", 3600)?,
+            max_tasks: count(&get, "MAX_TASKS", 10_000)?,
+            sse_keepalive: secs(&get, "SSE_KEEPALIVE_SECS", 15)?,
+            ws_ping: secs(&get, "WS_PING_SECS", 20)?,
+            ws_idle_timeout: secs(&get, "WS_IDLE_TIMEOUT_SECS", 300)?,
+            ws_max_message_bytes: count(&get, "WS_MAX_MESSAGE_BYTES", 64 * 1024)?,
+            cors_origins: get("CORS_ORIGINS")
+                .map(|l| split_list(&l))
+                .unwrap_or_default(),
+            echo_delay: Duration::from_millis(parse(&get, "ECHO_DELAY_MS", Some(15))?),
+            log_format,
+            log_filter: get("RUST_LOG").unwrap_or_else(|| "info".into()),
+        };
+        if cfg.max_messages_per_conversation < 3 {
+            return Err(ConfigError {
+                var: "MAX_MESSAGES_PER_CONVERSATION",
+                reason: "must be at least 3 (system prompt, question, answer)".into(),
+            });
+        }
+        Ok(cfg)
+    }
+
+    /// A configuration for tests: echo provider, no keys, generous limits, short timeouts.
+    pub fn for_tests() -> Self {
+        let mut cfg = Self::from_lookup(|_| None, None).unwrap_or_else(|e| panic!("{e}"));
+        cfg.addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        cfg.upstream_timeout = Duration::from_secs(5);
+        cfg.rate_limit_per_minute = 1_000_000;
+        cfg.rate_limit_burst = 1_000_000;
+        cfg.shutdown_grace = Duration::from_secs(5);
+        cfg.echo_delay = Duration::from_millis(1);
+        cfg
+    }
+
+    /// True when requests must carry a key.
+    pub fn auth_enabled(&self) -> bool {
+        !self.api_keys.is_empty()
+    }
+}
+
+/// Parses `name=key` / `name=sha256:<hex>` entries into hashed keys.
+pub fn parse_api_keys(entries: &[String], var: &'static str) -> Result<Vec<ApiKey>, ConfigError> {
+    let mut keys: Vec<ApiKey> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Some((name, key)) = entry.split_once('=') else {
+            return Err(ConfigError {
+                var,
+                reason: "each entry must be `name=key` or `name=sha256:<hex>`".into(),
+            });
+        };
+        let (name, key) = (name.trim(), key.trim());
+        if name.is_empty() || key.is_empty() {
+            return Err(ConfigError {
+                var,
+                reason: "an entry has an empty name or key".into(),
+            });
+        }
+        let sha256 = match key.strip_prefix("sha256:") {
+            Some(hexed) => {
+                let bytes = hex::decode(hexed).map_err(|_| ConfigError {
+                    var,
+                    reason: format!("key `{name}`: sha256 value is not hex"),
+                })?;
+                <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| ConfigError {
+                    var,
+                    reason: format!("key `{name}`: sha256 value must be 64 hex digits"),
+                })?
+            }
+            None => Sha256::digest(key.as_bytes()).into(),
+        };
+        if keys.iter().any(|k| k.name == name) {
+            return Err(ConfigError {
+                var,
+                reason: format!("key name `{name}` appears twice"),
+            });
+        }
+        keys.push(ApiKey {
+            name: name.to_owned(),
+            sha256,
+        });
+    }
+    Ok(keys)
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn parse<T: FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: Option<T>,
+) -> Result<T, ConfigError> {
+    match get(var) {
+        Some(raw) => raw.parse().map_err(|_| ConfigError {
+            var,
+            reason: format!("cannot parse `{raw}`"),
+        }),
+        None => default.ok_or_else(|| ConfigError {
+            var,
+            reason: "is required".into(),
+        }),
+    }
+}
+
+fn positive(var: &'static str, v: u64) -> Result<(), ConfigError> {
+    if v == 0 {
+        return Err(ConfigError {
+            var,
+            reason: "must be greater than 0".into(),
+        });
+    }
+    Ok(())
+}
+
+fn count(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    let v: usize = parse(get, var, Some(default))?;
+    positive(var, v as u64)?;
+    Ok(v)
+}
+
+fn secs(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: u64,
+) -> Result<Duration, ConfigError> {
+    let v: f64 = parse(get, var, Some(default as f64))?;
+    if !v.is_finite() || v <= 0.0 || v > 1.0e7 {
+        return Err(ConfigError {
+            var,
+            reason: "must be a positive number of seconds".into(),
+        });
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned(), None)
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.addr, "127.0.0.1:8000".parse().unwrap());
+        assert_eq!(c.provider, ProviderKind::Echo);
+        assert_eq!(c.chat_model, "gpt-4o-mini");
+        assert_eq!(c.task_model, "gpt-4o");
+        assert_eq!(c.upstream_timeout, Duration::from_secs(60));
+        assert_eq!((c.rate_limit_per_minute, c.rate_limit_burst), (60, 10));
+        assert_eq!(c.store, StoreKind::Memory);
+        assert_eq!(c.store_prefix, "agent-api:");
+        assert_eq!(c.max_body_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn provider_follows_openai_settings() {
+        let c = cfg(&[("OPENAI_API_KEY", "sk-x")]).unwrap();
+        assert_eq!(c.provider, ProviderKind::OpenAi);
+        assert_eq!(format!("{:?}", c.openai_api_key), "Some(***)");
+        let c = cfg(&[("OPENAI_BASE_URL", "http://localhost:11434/v1/")]).unwrap();
+        assert_eq!(c.provider, ProviderKind::OpenAi);
+        assert_eq!(c.openai_base_url, "http://localhost:11434/v1");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (var, val) in [
+            ("PORT", "eighty"),
+            ("UPSTREAM_TIMEOUT_SECS", "-1"),
+            ("LLM_PROVIDER", "claude"),
+            ("RATE_LIMIT_BURST", "0"),
+            ("TRUSTED_PROXIES", "10.0.0.0/99"),
+            ("API_KEYS", "novalue"),
+            ("STORE", "sqlite://x"),
+            ("LOG_FORMAT", "xml"),
+        ] {
+            let err = cfg(&[(var, val)]).unwrap_err();
+            assert_eq!(err.var, var, "{err}");
+        }
+    }
+
+    #[test]
+    fn refuses_open_non_loopback() {
+        let err = cfg(&[("HOST", "0.0.0.0")]).unwrap_err();
+        assert_eq!(err.var, "API_KEYS");
+        assert!(cfg(&[("HOST", "0.0.0.0"), ("ALLOW_NO_AUTH", "true")]).is_ok());
+        assert!(cfg(&[("HOST", "0.0.0.0"), ("API_KEYS", "a=b")]).is_ok());
+    }
+
+    #[test]
+    fn api_keys_are_hashed() {
+        let digest = hex::encode(Sha256::digest(b"k2"));
+        let c = cfg(&[("API_KEYS", &format!("one=k1, two=sha256:{digest}"))]).unwrap();
+        assert_eq!(c.api_keys.len(), 2);
+        assert_eq!(
+            c.api_keys[0].sha256,
+            <[u8; 32]>::from(Sha256::digest(b"k1"))
+        );
+        assert_eq!(
+            c.api_keys[1].sha256,
+            <[u8; 32]>::from(Sha256::digest(b"k2"))
+        );
+        assert!(!format!("{:?}", c.api_keys).contains("k1"));
+    }
+}

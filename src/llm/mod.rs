@@ -1,0 +1,300 @@
+//! The model behind agent-api: the [`LlmProvider`] trait and its implementations.
+//!
+//! The primitive is a stream of [`ChatChunk`]s; the non-streaming call either collects it or uses
+//! the upstream's own non-stream call. Requests travel as OpenAI's JSON body ([`ChatRequest`]) so
+//! that fields we do not use ourselves (tools, response_format, ...) pass through unchanged.
+//! Nothing here knows about HTTP servers or axum.
+
+pub mod echo;
+pub mod openai;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+pub use echo::EchoProvider;
+pub use openai::OpenAiProvider;
+
+/// One message of a conversation, as the tutorial routes store and send it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: impl Into<String>) -> Self {
+        Self {
+            role: role.to_owned(),
+            content: content.into(),
+        }
+    }
+}
+
+/// Token counts as OpenAI reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+/// An OpenAI chat-completions request body. `stream` and `stream_options` are set by the provider.
+#[derive(Debug, Clone, Default)]
+pub struct ChatRequest {
+    pub body: Map<String, Value>,
+}
+
+impl ChatRequest {
+    /// The body the tutorial routes send: model, whole history, temperature and max_tokens.
+    pub fn new(model: &str, messages: &[Message], temperature: f64, max_tokens: u32) -> Self {
+        let mut body = Map::with_capacity(4);
+        body.insert("model".into(), Value::from(model));
+        body.insert("messages".into(), json!(messages));
+        body.insert("temperature".into(), json!(temperature));
+        body.insert("max_tokens".into(), Value::from(max_tokens));
+        Self { body }
+    }
+
+    pub fn model(&self) -> &str {
+        self.body.get("model").and_then(Value::as_str).unwrap_or("")
+    }
+
+    /// The text of the last user message (string content or the text parts of an array).
+    pub fn last_user_text(&self) -> String {
+        let Some(messages) = self.body.get("messages").and_then(Value::as_array) else {
+            return String::new();
+        };
+        messages
+            .iter()
+            .rev()
+            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+            .map(|m| content_text(m.get("content")))
+            .unwrap_or_default()
+    }
+
+    /// Every message's text, for providers that count tokens themselves.
+    pub fn all_text(&self) -> String {
+        let Some(messages) = self.body.get("messages").and_then(Value::as_array) else {
+            return String::new();
+        };
+        let parts: Vec<String> = messages
+            .iter()
+            .map(|m| content_text(m.get("content")))
+            .collect();
+        parts.join(" ")
+    }
+}
+
+fn content_text(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+/// One streamed piece of an answer: the parsed view the tutorial routes need, and the raw
+/// OpenAI `chat.completion.chunk` that `/v1/chat/completions` forwards unchanged.
+#[derive(Debug, Clone)]
+pub struct ChatChunk {
+    pub delta: String,
+    pub finish_reason: Option<String>,
+    pub usage: Option<Usage>,
+    pub raw: Value,
+}
+
+impl ChatChunk {
+    /// Reads the parsed view out of an OpenAI chunk.
+    pub fn from_raw(raw: Value) -> Self {
+        let choice = raw.get("choices").and_then(|c| c.get(0));
+        let delta = choice
+            .and_then(|c| c.get("delta"))
+            .and_then(|d| d.get("content"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let finish_reason = choice
+            .and_then(|c| c.get("finish_reason"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let usage = raw
+            .get("usage")
+            .filter(|u| !u.is_null())
+            .and_then(|u| serde_json::from_value(u.clone()).ok());
+        Self {
+            delta,
+            finish_reason,
+            usage,
+            raw,
+        }
+    }
+}
+
+/// A whole (non-streamed) answer, with the raw OpenAI `chat.completion` object.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub content: String,
+    pub usage: Option<Usage>,
+    pub raw: Value,
+}
+
+impl Completion {
+    pub fn from_raw(raw: Value) -> Result<Self, LlmError> {
+        let message = raw
+            .get("choices")
+            .and_then(|c| c.get(0))
+            .and_then(|c| c.get("message"))
+            .ok_or_else(|| LlmError::BadResponse("completion has no choices[0].message".into()))?;
+        let content = message
+            .get("content")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let usage = raw
+            .get("usage")
+            .filter(|u| !u.is_null())
+            .and_then(|u| serde_json::from_value(u.clone()).ok());
+        Ok(Self {
+            content,
+            usage,
+            raw,
+        })
+    }
+}
+
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChatChunk, LlmError>> + Send + 'static>>;
+
+/// What can go wrong with a model call. `error.rs` maps it to 502/504/429.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LlmError {
+    #[error("the model did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the model answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("the model is rate limited: {message}")]
+    RateLimited {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("could not reach the model: {0}")]
+    Connect(String),
+    #[error("the model answered something that is not a chat completion: {0}")]
+    BadResponse(String),
+    #[error("the model's stream ended before the answer was finished")]
+    Incomplete,
+    #[error("the model failed: {0}")]
+    Failed(String),
+}
+
+/// A chat model. `Arc<dyn LlmProvider>` lives in `AppState`; one instance serves every request.
+#[async_trait]
+pub trait LlmProvider: Send + Sync + 'static {
+    /// A short name for logs and `/health`.
+    fn name(&self) -> &'static str;
+
+    /// Streams the answer. The stream yields `Err(LlmError::Incomplete)` and ends if the upstream
+    /// stopped without a finish reason. Dropping the stream cancels the upstream call.
+    async fn stream(&self, req: ChatRequest) -> Result<ChunkStream, LlmError>;
+
+    /// The whole answer. The default collects [`LlmProvider::stream`].
+    async fn complete(&self, req: ChatRequest) -> Result<Completion, LlmError> {
+        let model = req.model().to_owned();
+        let mut stream = self.stream(req).await?;
+        let mut content = String::new();
+        let mut usage = None;
+        let mut finish = None;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            content.push_str(&chunk.delta);
+            usage = chunk.usage.or(usage);
+            finish = chunk.finish_reason.or(finish);
+        }
+        let raw = completion_json(&model, &content, finish.as_deref(), usage);
+        Ok(Completion {
+            content,
+            usage,
+            raw,
+        })
+    }
+
+    /// Whether the provider can serve (for `/ready`).
+    async fn ready(&self) -> Result<(), LlmError> {
+        Ok(())
+    }
+}
+
+/// An OpenAI `chat.completion` object for providers that build their own answers.
+pub fn completion_json(
+    model: &str,
+    content: &str,
+    finish: Option<&str>,
+    usage: Option<Usage>,
+) -> Value {
+    json!({
+        "id": format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+        "object": "chat.completion",
+        "created": chrono::Utc::now().timestamp(),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content, "refusal": null},
+            "logprobs": null,
+            "finish_reason": finish.unwrap_or("stop"),
+        }],
+        "usage": usage.unwrap_or_default(),
+    })
+}
+
+/// Wraps a chunk stream so that a pause longer than `idle` between chunks ends it with
+/// [`LlmError::Timeout`], and a stream that ends without a finish reason ends with
+/// [`LlmError::Incomplete`].
+pub fn guard_stream(inner: ChunkStream, idle: Duration) -> ChunkStream {
+    struct St {
+        inner: ChunkStream,
+        finished: bool,
+        done: bool,
+    }
+    let st = St {
+        inner,
+        finished: false,
+        done: false,
+    };
+    Box::pin(futures::stream::unfold(st, move |mut st| async move {
+        if st.done {
+            return None;
+        }
+        match tokio::time::timeout(idle, st.inner.next()).await {
+            Err(_) => {
+                st.done = true;
+                Some((Err(LlmError::Timeout(idle)), st))
+            }
+            Ok(Some(Ok(chunk))) => {
+                st.finished |= chunk.finish_reason.is_some();
+                Some((Ok(chunk), st))
+            }
+            Ok(Some(Err(e))) => {
+                st.done = true;
+                Some((Err(e), st))
+            }
+            Ok(None) if st.finished => None,
+            Ok(None) => {
+                st.done = true;
+                Some((Err(LlmError::Incomplete), st))
+            }
+        }
+    }))
+}
+
+/// Counts tokens roughly (words), for providers that report no usage.
+pub fn count_tokens(text: &str) -> u64 {
+    text.split_whitespace().count() as u64
+}

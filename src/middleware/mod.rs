@@ -1,0 +1,143 @@
+//! The layers around the router, in one place. Read [`apply`] top to bottom: the first layer
+//! listed is the outermost.
+
+pub mod auth;
+pub mod rate_limit;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::response::Response;
+use axum::{Extension, Router};
+use tokio::sync::Semaphore;
+use tower::ServiceBuilder;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tracing::Instrument;
+
+use crate::error::{ApiError, LoggedError, respond};
+use crate::extract::BodyLimit;
+use crate::state::AppState;
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Wraps the router in every layer, outermost first:
+/// request id → access log (one span per request) → CORS → in-flight cap → timeout →
+/// client IP → per-IP rate limit → API-key auth → body limit → router.
+pub fn apply(router: Router<AppState>, state: &AppState) -> Router {
+    let in_flight = Arc::new(Semaphore::new(state.config.max_in_flight));
+    router
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(Extension(BodyLimit(state.config.max_body_bytes)))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(
+                    X_REQUEST_ID.clone(),
+                    MakeRequestUuid,
+                ))
+                .layer(from_fn(access_log))
+                .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+                .layer(cors(state))
+                .layer(from_fn_with_state(in_flight, shed_load))
+                .layer(from_fn_with_state(state.clone(), timeout))
+                .layer(from_fn_with_state(
+                    state.clone(),
+                    rate_limit::resolve_client_ip,
+                ))
+                .layer(from_fn_with_state(state.clone(), rate_limit::limit_per_ip))
+                .layer(from_fn_with_state(state.clone(), auth::require_api_key)),
+        )
+        .with_state(state.clone())
+}
+
+fn cors(state: &AppState) -> CorsLayer {
+    let origins: Vec<HeaderValue> = state
+        .config
+        .cors_origins
+        .iter()
+        .filter_map(|o| o.parse().ok())
+        .collect();
+    let allow = if state.config.cors_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins)
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-api-key"),
+            X_REQUEST_ID.clone(),
+        ])
+        .expose_headers([
+            X_REQUEST_ID.clone(),
+            header::RETRY_AFTER,
+            HeaderName::from_static("ratelimit-limit"),
+            HeaderName::from_static("ratelimit-remaining"),
+            HeaderName::from_static("ratelimit-reset"),
+        ])
+}
+
+/// One span per request, with its id; one line when it is answered. The query string is never
+/// logged (it may hold `api_key`).
+async fn access_log(req: Request, next: Next) -> Response {
+    let request_id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        request_id = %request_id,
+    );
+    let started = Instant::now();
+    async move {
+        let res = next.run(req).await;
+        let status = res.status().as_u16();
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        match res.extensions().get::<LoggedError>() {
+            Some(LoggedError(error)) if status >= 500 => {
+                tracing::warn!(status, ms, error = %error, "answered")
+            }
+            Some(LoggedError(error)) => tracing::info!(status, ms, error = %error, "answered"),
+            None => tracing::info!(status, ms, "answered"),
+        }
+        res
+    }
+    .instrument(span)
+    .await
+}
+
+/// Sheds load with 503 and `Retry-After` once `MAX_IN_FLIGHT` requests are being answered,
+/// instead of queueing without end. A request counts until its response head is ready.
+async fn shed_load(State(slots): State<Arc<Semaphore>>, req: Request, next: Next) -> Response {
+    match slots.try_acquire() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => {
+            let path = req.uri().path().to_owned();
+            respond(
+                ApiError::Overloaded("the server is at its limit of requests in flight".into()),
+                &path,
+            )
+        }
+    }
+}
+
+/// Bounds the time until the response head (`REQUEST_TIMEOUT_SECS`). Streams and WebSockets
+/// answer their head at once, so only non-streaming work is cut.
+async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    let limit = state.config.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => respond(ApiError::Timeout(limit), &path),
+    }
+}

@@ -1,0 +1,257 @@
+//! Rate limiting: GCRA token buckets (governor) per client IP and, optionally, per API key.
+//!
+//! The client IP is the socket peer, or, when the peer is a trusted proxy, the rightmost
+//! `X-Forwarded-For` entry that is not itself a trusted proxy ([`client_ip`]). IPv6 clients are
+//! limited per /64, since one host can own a whole /64. Memory stays bounded: idle buckets are
+//! dropped by the janitor, and at once when more than [`MAX_TRACKED`] clients are tracked.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter as Gcra};
+use ipnet::IpNet;
+
+use crate::config::Config;
+use crate::error::{ApiError, respond};
+use crate::state::AppState;
+
+/// Beyond this many tracked clients, idle buckets are dropped on the spot.
+pub const MAX_TRACKED: usize = 100_000;
+
+/// Paths never limited: probes and scrapes must work while clients are throttled.
+pub const UNLIMITED_PATHS: &[&str] = &["/health", "/ready", "/metrics"];
+
+type Keyed<K> = Gcra<K, DefaultKeyedStateStore<K>, DefaultClock, StateInformationMiddleware>;
+
+/// The client's address as the limiter sees it; put into request extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+pub struct RateLimiter {
+    per_ip: Keyed<IpAddr>,
+    per_key: Option<Keyed<String>>,
+    burst: u32,
+    trusted: Vec<IpNet>,
+}
+
+/// What the limiter decided, with the numbers for the `RateLimit-*` headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Decision {
+    pub allowed: bool,
+    pub limit: u32,
+    pub remaining: u32,
+    /// Until the bucket is full again (allowed) or until the next request fits (refused).
+    pub reset: Duration,
+}
+
+fn quota(per_minute: u32, burst: u32) -> Quota {
+    let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    Quota::per_minute(per_minute).allow_burst(burst)
+}
+
+impl RateLimiter {
+    pub fn new(config: &Config) -> Self {
+        let q = quota(config.rate_limit_per_minute, config.rate_limit_burst);
+        Self {
+            per_ip: Gcra::dashmap(q).with_middleware(),
+            per_key: config
+                .rate_limit_per_key_per_minute
+                .map(|pm| Gcra::dashmap(quota(pm, config.rate_limit_burst)).with_middleware()),
+            burst: config.rate_limit_burst,
+            trusted: config.trusted_proxies.clone(),
+        }
+    }
+
+    /// Takes one token for this client (and key, when per-key limits are on).
+    pub fn check(&self, ip: IpAddr, key: Option<&str>) -> Decision {
+        if self.per_ip.len() > MAX_TRACKED {
+            self.per_ip.retain_recent();
+        }
+        let ip_decision = decide(&self.per_ip, &bucket_of(ip), self.burst);
+        match (&self.per_key, key) {
+            (Some(limiter), Some(key)) if ip_decision.allowed => {
+                decide(limiter, &key.to_owned(), self.burst)
+            }
+            _ => ip_decision,
+        }
+    }
+
+    /// Drops buckets that are full again (idle clients).
+    pub fn sweep(&self) {
+        self.per_ip.retain_recent();
+        self.per_ip.shrink_to_fit();
+        if let Some(k) = &self.per_key {
+            k.retain_recent();
+        }
+    }
+
+    /// How many clients are tracked (for tests and metrics).
+    pub fn tracked(&self) -> usize {
+        self.per_ip.len()
+    }
+
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        client_ip(peer, headers, &self.trusted)
+    }
+}
+
+fn decide<K: std::hash::Hash + Eq + Clone>(limiter: &Keyed<K>, key: &K, burst: u32) -> Decision {
+    match limiter.check_key(key) {
+        Ok(snapshot) => {
+            let remaining = snapshot.remaining_burst_capacity();
+            let per_token = snapshot.quota().replenish_interval();
+            Decision {
+                allowed: true,
+                limit: burst,
+                remaining,
+                reset: per_token * burst.saturating_sub(remaining),
+            }
+        }
+        Err(not_until) => Decision {
+            allowed: false,
+            limit: burst,
+            remaining: 0,
+            reset: not_until.wait_time_from(DefaultClock::default().now()),
+        },
+    }
+}
+
+/// IPv4 addresses stand alone; IPv6 addresses are limited per /64.
+fn bucket_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// The socket peer, or, when the peer is a trusted proxy, the rightmost `X-Forwarded-For` hop
+/// that is not itself trusted. Headers from anyone else are ignored.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .collect();
+    hops.into_iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .unwrap_or(peer)
+}
+
+fn set_headers(headers: &mut HeaderMap, d: &Decision) {
+    headers.insert("ratelimit-limit", HeaderValue::from(d.limit));
+    headers.insert("ratelimit-remaining", HeaderValue::from(d.remaining));
+    let reset = d.reset.as_secs_f64().ceil() as u64;
+    headers.insert("ratelimit-reset", HeaderValue::from(reset));
+}
+
+/// Finds the client IP and puts it into the request as [`ClientIp`].
+pub async fn resolve_client_ip(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let ip = state.limiter.client_ip(peer, req.headers());
+    req.extensions_mut().insert(ClientIp(ip));
+    next.run(req).await
+}
+
+/// The per-IP limit layer; runs before auth, so that guessing keys costs budget too.
+pub async fn limit_per_ip(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if UNLIMITED_PATHS.contains(&path) {
+        return next.run(req).await;
+    }
+    let ip = req
+        .extensions()
+        .get::<ClientIp>()
+        .map(|c| c.0)
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let decision = state.limiter.check(ip, None);
+    if !decision.allowed {
+        let mut res = respond(
+            ApiError::RateLimited {
+                retry_after: decision.reset,
+            },
+            path,
+        );
+        set_headers(res.headers_mut(), &decision);
+        return res;
+    }
+    let mut res = next.run(req).await;
+    set_headers(res.headers_mut(), &decision);
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(per_minute: u32, burst: u32) -> RateLimiter {
+        let mut c = Config::for_tests();
+        c.rate_limit_per_minute = per_minute;
+        c.rate_limit_burst = burst;
+        RateLimiter::new(&c)
+    }
+
+    #[test]
+    fn burst_then_refuse_with_wait() {
+        let l = limiter(60, 3);
+        let ip = IpAddr::from([10, 0, 0, 1]);
+        let d: Vec<Decision> = (0..4).map(|_| l.check(ip, None)).collect();
+        assert!(d[..3].iter().all(|d| d.allowed));
+        assert_eq!(d[2].remaining, 0);
+        assert!(!d[3].allowed);
+        assert!(d[3].reset <= Duration::from_secs(1) && d[3].reset > Duration::ZERO);
+        // another client has its own bucket
+        assert!(l.check(IpAddr::from([10, 0, 0, 2]), None).allowed);
+    }
+
+    #[test]
+    fn forwarded_for_only_from_trusted_peers() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "1.1.1.1, 2.2.2.2, 10.0.0.9".parse().unwrap(),
+        );
+        let outsider = IpAddr::from([8, 8, 8, 8]);
+        assert_eq!(client_ip(outsider, &h, &trusted), outsider);
+        let proxy = IpAddr::from([10, 1, 1, 1]);
+        assert_eq!(client_ip(proxy, &h, &trusted), IpAddr::from([2, 2, 2, 2]));
+        assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
+    }
+
+    #[test]
+    fn ipv6_is_limited_per_64() {
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::2".parse().unwrap();
+        assert_eq!(bucket_of(a), bucket_of(b));
+    }
+}

@@ -1,0 +1,261 @@
+//! `POST /chat`, and the chat input that `/chat/stream` and `/ws` share with it.
+
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::agent::{self, ChatTurn};
+use crate::config::Config;
+use crate::error::{ApiError, FieldError};
+use crate::extract::AppJson;
+use crate::middleware::auth::Caller;
+use crate::state::AppState;
+
+pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful AI assistant.";
+pub const DEFAULT_TEMPERATURE: f64 = 0.7;
+pub const DEFAULT_MAX_TOKENS: i64 = 1000;
+pub const MAX_TOKENS_LIMIT: i64 = 4000;
+
+/// The body of `POST /chat` and `POST /chat/stream` (and a WebSocket message).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ChatInput {
+    pub message: String,
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
+    /// Another name for `max_tokens`, as OpenAI calls it now.
+    #[serde(default)]
+    pub max_completion_tokens: Option<i64>,
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatResponse {
+    pub response: String,
+    pub conversation_id: String,
+    pub tokens_used: u64,
+    pub timestamp: DateTime<Utc>,
+}
+
+/// Whether `id` is a valid conversation id: 1..128 of `[A-Za-z0-9_-]`.
+pub fn valid_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl ChatInput {
+    /// Checks every field (all errors at once, as FastAPI reports them); `root` is the first
+    /// `loc` entry (`body` or `query`).
+    pub fn validate(self, config: &Config, root: &str) -> Result<ChatTurn, ApiError> {
+        let mut errors = Vec::new();
+        let mut err = |field: &str, msg: String, kind: &str| {
+            errors.push(FieldError {
+                loc: vec![json!(root), json!(field)],
+                msg,
+                kind: kind.to_owned(),
+            });
+        };
+        if self.message.trim().is_empty() {
+            err(
+                "message",
+                "String should have at least 1 non-blank character".into(),
+                "string_too_short",
+            );
+        }
+        if let Some(id) = &self.conversation_id
+            && !valid_id(id)
+        {
+            err(
+                "conversation_id",
+                "String should be 1 to 128 characters of A-Z, a-z, 0-9, _ or -".into(),
+                "string_pattern_mismatch",
+            );
+        }
+        let temperature = self.temperature.unwrap_or(DEFAULT_TEMPERATURE);
+        if !(0.0..=2.0).contains(&temperature) {
+            err(
+                "temperature",
+                "Input should be between 0 and 2".into(),
+                "value_out_of_range",
+            );
+        }
+        let (field, max_tokens) = match (self.max_tokens, self.max_completion_tokens) {
+            (Some(n), _) => ("max_tokens", n),
+            (None, Some(n)) => ("max_completion_tokens", n),
+            (None, None) => ("max_tokens", DEFAULT_MAX_TOKENS),
+        };
+        if !(1..=MAX_TOKENS_LIMIT).contains(&max_tokens) {
+            err(
+                field,
+                format!("Input should be between 1 and {MAX_TOKENS_LIMIT}"),
+                "value_out_of_range",
+            );
+        }
+        if let Some(model) = &self.model
+            && (model.trim().is_empty() || model.len() > 256)
+        {
+            err(
+                "model",
+                "String should have 1 to 256 characters".into(),
+                "string_length",
+            );
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::Validation(errors));
+        }
+        Ok(ChatTurn {
+            conversation_id: self.conversation_id,
+            message: self.message,
+            system_prompt: self
+                .system_prompt
+                .unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.to_owned()),
+            temperature,
+            max_tokens: max_tokens as u32,
+            model: self.model.unwrap_or_else(|| config.chat_model.clone()),
+        })
+    }
+}
+
+/// The query of `GET /chat/stream`: the same fields, all as text.
+#[derive(Debug, Default, Deserialize)]
+pub struct ChatQuery {
+    pub message: String,
+    pub conversation_id: Option<String>,
+    pub system_prompt: Option<String>,
+    pub temperature: Option<String>,
+    pub max_tokens: Option<String>,
+    pub max_completion_tokens: Option<String>,
+    pub model: Option<String>,
+}
+
+impl ChatQuery {
+    pub fn into_input(self) -> Result<ChatInput, ApiError> {
+        fn number<T: std::str::FromStr>(
+            field: &str,
+            raw: Option<String>,
+            errors: &mut Vec<FieldError>,
+        ) -> Option<T> {
+            let raw = raw?;
+            match raw.trim().parse() {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    errors.push(FieldError {
+                        loc: vec![json!("query"), json!(field)],
+                        msg: "Input should be a valid number".into(),
+                        kind: "type_error".into(),
+                    });
+                    None
+                }
+            }
+        }
+        let mut errors = Vec::new();
+        let input = ChatInput {
+            temperature: number("temperature", self.temperature, &mut errors),
+            max_tokens: number("max_tokens", self.max_tokens, &mut errors),
+            max_completion_tokens: number(
+                "max_completion_tokens",
+                self.max_completion_tokens,
+                &mut errors,
+            ),
+            message: self.message,
+            conversation_id: self.conversation_id,
+            system_prompt: self.system_prompt,
+            model: self.model,
+        };
+        if errors.is_empty() {
+            Ok(input)
+        } else {
+            Err(ApiError::Validation(errors))
+        }
+    }
+}
+
+/// `POST /chat`: one turn, answered whole.
+pub async fn create_chat(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppJson(input): AppJson<ChatInput>,
+) -> Result<Json<ChatResponse>, ApiError> {
+    let turn = input.validate(&state.config, "body")?;
+    let outcome = agent::run_turn(
+        state.llm.as_ref(),
+        state.conversations.as_ref(),
+        &caller.owner,
+        turn,
+    )
+    .await?;
+    Ok(Json(ChatResponse {
+        response: outcome.response,
+        conversation_id: outcome.conversation_id,
+        tokens_used: outcome.tokens_used,
+        timestamp: Utc::now(),
+    }))
+}
+
+/// FastAPI's answer to an unknown path.
+pub fn not_found_body() -> Value {
+    json!({"detail": "Not Found"})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: ChatInput) -> Vec<String> {
+        match input.validate(&Config::for_tests(), "body") {
+            Ok(_) => vec![],
+            Err(ApiError::Validation(f)) => f.iter().map(|f| f.loc[1].to_string()).collect(),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    fn msg(m: &str) -> ChatInput {
+        ChatInput {
+            message: m.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        assert!(check(msg("hi")).is_empty());
+        assert_eq!(check(msg(" ")), vec!["\"message\""]);
+        for (t, ok) in [(0.0, true), (2.0, true), (2.5, false), (-0.1, false)] {
+            let i = ChatInput {
+                temperature: Some(t),
+                ..msg("hi")
+            };
+            assert_eq!(check(i).is_empty(), ok, "{t}");
+        }
+        for (n, ok) in [(1, true), (4000, true), (0, false), (5000, false)] {
+            let i = ChatInput {
+                max_tokens: Some(n),
+                ..msg("hi")
+            };
+            assert_eq!(check(i).is_empty(), ok, "{n}");
+        }
+        let i = ChatInput {
+            conversation_id: Some("bad id!".into()),
+            ..msg("")
+        };
+        assert_eq!(check(i).len(), 2);
+    }
+
+    #[test]
+    fn ids() {
+        assert!(valid_id("abc-DEF_123"));
+        assert!(!valid_id(""));
+        assert!(!valid_id(&"a".repeat(129)));
+        assert!(!valid_id("a/b"));
+    }
+}

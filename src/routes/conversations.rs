@@ -1,0 +1,113 @@
+//! `GET`/`DELETE /conversation/{id}` and `GET /conversations` (the caller's own, newest first).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::extract::AppQuery;
+use crate::llm::Message;
+use crate::middleware::auth::Caller;
+use crate::state::AppState;
+
+#[derive(Debug, Serialize)]
+pub struct ConversationResponse {
+    pub conversation_id: String,
+    pub messages: Vec<Message>,
+    pub message_count: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConversationListItem {
+    pub conversation_id: String,
+    pub message_count: usize,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConversationList {
+    pub conversations: Vec<ConversationListItem>,
+    pub count: usize,
+}
+
+/// `?limit=` of the list routes: 1..=1000, default 100.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub limit: Option<String>,
+}
+
+impl ListQuery {
+    pub fn limit(&self) -> Result<usize, ApiError> {
+        match &self.limit {
+            None => Ok(100),
+            Some(raw) => match raw.parse::<usize>() {
+                Ok(n) if (1..=1000).contains(&n) => Ok(n),
+                _ => Err(ApiError::Validation(vec![crate::error::FieldError {
+                    loc: vec![json!("query"), json!("limit")],
+                    msg: "Input should be a whole number from 1 to 1000".into(),
+                    kind: "value_out_of_range".into(),
+                }])),
+            },
+        }
+    }
+}
+
+pub async fn get_conversation(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ConversationResponse>, ApiError> {
+    let conv = state
+        .conversations
+        .get(&caller.owner, &id)
+        .await?
+        .ok_or(ApiError::NotFound {
+            kind: "conversation",
+        })?;
+    Ok(Json(ConversationResponse {
+        conversation_id: conv.id,
+        message_count: conv.messages.len(),
+        messages: conv.messages,
+    }))
+}
+
+pub async fn delete_conversation(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if state.conversations.delete(&caller.owner, &id).await? {
+        Ok(Json(json!({"status": "deleted"})))
+    } else {
+        Err(ApiError::NotFound {
+            kind: "conversation",
+        })
+    }
+}
+
+pub async fn list_conversations(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppQuery(query): AppQuery<ListQuery>,
+) -> Result<Json<ConversationList>, ApiError> {
+    let list = state
+        .conversations
+        .list(&caller.owner, query.limit()?)
+        .await?;
+    let conversations: Vec<ConversationListItem> = list
+        .into_iter()
+        .map(|c| ConversationListItem {
+            conversation_id: c.id,
+            message_count: c.message_count,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+        })
+        .collect();
+    Ok(Json(ConversationList {
+        count: conversations.len(),
+        conversations,
+    }))
+}

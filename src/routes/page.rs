@@ -1,0 +1,6 @@
+//! placeholder
+use axum::response::Html;
+
+pub async fn index() -> Html<&'static str> {
+    Html(include_str!("../../static/index.html"))
+}

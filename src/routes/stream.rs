@@ -1,0 +1,110 @@
+//! `POST /chat/stream` and `GET /chat/stream` (for a browser's `EventSource`): one turn, answered
+//! as Server-Sent Events while the model writes it.
+//!
+//! Errors before the first byte (validation, unknown conversation, the upstream refusing the
+//! call) are ordinary JSON errors. After it, an error is one `event: error` frame with
+//! `{"detail": ...}`, and the stream ends. A client that leaves drops the stream, which cancels
+//! the upstream call and leaves the conversation as it was.
+
+use std::convert::Infallible;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use serde_json::json;
+
+use crate::agent::{self, ChatTurn, TurnEvent};
+use crate::error::ApiError;
+use crate::extract::{AppJson, AppQuery};
+use crate::middleware::auth::Caller;
+use crate::routes::chat::{ChatInput, ChatQuery};
+use crate::state::AppState;
+
+pub async fn stream_chat(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppJson(input): AppJson<ChatInput>,
+) -> Result<Response, ApiError> {
+    let turn = input.validate(&state.config, "body")?;
+    start(state, caller, turn).await
+}
+
+pub async fn stream_chat_get(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppQuery(query): AppQuery<ChatQuery>,
+) -> Result<Response, ApiError> {
+    let turn = query.into_input()?.validate(&state.config, "query")?;
+    start(state, caller, turn).await
+}
+
+async fn start(state: AppState, caller: Caller, turn: ChatTurn) -> Result<Response, ApiError> {
+    let (_, events) = agent::stream_turn(
+        state.llm.as_ref(),
+        state.conversations.as_ref(),
+        &caller.owner,
+        turn,
+    )
+    .await?;
+    let keep_alive = KeepAlive::new()
+        .interval(state.config.sse_keepalive)
+        .text("keep-alive");
+    let mut res = Sse::new(sse_events(events))
+        .keep_alive(keep_alive)
+        .into_response();
+    let headers = res.headers_mut();
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(res)
+}
+
+/// Turns the domain's events into SSE frames, each with an increasing `id:`.
+pub fn sse_events(
+    events: impl Stream<Item = TurnEvent> + Send + 'static,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    events
+        .enumerate()
+        .map(|(i, event)| Ok(frame(event).id(i.to_string())))
+}
+
+/// One frame: the pure part of the stream, tested below.
+pub fn frame(event: TurnEvent) -> Event {
+    match event {
+        TurnEvent::Delta(text) => Event::default().data(json!({ "content": text }).to_string()),
+        TurnEvent::Done {
+            conversation_id,
+            tokens_used,
+        } => Event::default().data(
+            json!({"done": true, "conversation_id": conversation_id, "tokens_used": tokens_used})
+                .to_string(),
+        ),
+        TurnEvent::Failed(e) => Event::default()
+            .event("error")
+            .data(ApiError::from(e).detail_body().to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::AgentError;
+    use crate::llm::LlmError;
+
+    fn text(e: Event) -> String {
+        // Event implements no Display; render it through the SSE body it would produce.
+        format!("{e:?}")
+    }
+
+    #[test]
+    fn frames() {
+        let d = text(frame(TurnEvent::Delta("Hel".into())));
+        assert!(d.contains(r#"{\"content\":\"Hel\"}"#), "{d}");
+        let e = text(frame(TurnEvent::Failed(AgentError::Llm(
+            LlmError::Incomplete,
+        ))));
+        assert!(e.contains("error"), "{e}");
+        assert!(e.contains("detail"), "{e}");
+    }
+}

@@ -1,0 +1,145 @@
+//! `POST /task`, `GET`/`DELETE /task/{task_id}` and `GET /tasks`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::agent::runner::NewTask;
+use crate::error::{ApiError, FieldError};
+use crate::extract::{AppJson, AppQuery};
+use crate::middleware::auth::Caller;
+use crate::routes::conversations::ListQuery;
+use crate::state::AppState;
+use crate::store::{Task, TaskStatus};
+
+#[derive(Debug, Deserialize)]
+pub struct CreateTaskRequest {
+    pub prompt: String,
+    #[serde(default)]
+    pub task_type: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TaskResponse {
+    pub task_id: String,
+    pub status: TaskStatus,
+    pub result: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl From<Task> for TaskResponse {
+    fn from(t: Task) -> Self {
+        Self {
+            task_id: t.task_id,
+            status: t.status,
+            result: t.result,
+            created_at: t.created_at,
+            completed_at: t.completed_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct TaskList {
+    pub tasks: Vec<TaskResponse>,
+    pub count: usize,
+}
+
+impl CreateTaskRequest {
+    fn validate(self, default_model: &str, owner: String) -> Result<NewTask, ApiError> {
+        let mut errors = Vec::new();
+        if self.prompt.trim().is_empty() {
+            errors.push(FieldError::body(
+                "prompt",
+                "String should have at least 1 non-blank character",
+                "string_too_short",
+            ));
+        }
+        let task_type = self.task_type.unwrap_or_else(|| "analysis".into());
+        if task_type.trim().is_empty() || task_type.len() > 64 {
+            errors.push(FieldError::body(
+                "task_type",
+                "String should have 1 to 64 characters",
+                "string_length",
+            ));
+        }
+        if let Some(m) = &self.model
+            && (m.trim().is_empty() || m.len() > 256)
+        {
+            errors.push(FieldError::body(
+                "model",
+                "String should have 1 to 256 characters",
+                "string_length",
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::Validation(errors));
+        }
+        Ok(NewTask {
+            owner,
+            prompt: self.prompt,
+            task_type,
+            model: self.model.unwrap_or_else(|| default_model.to_owned()),
+        })
+    }
+}
+
+pub async fn create_task(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppJson(body): AppJson<CreateTaskRequest>,
+) -> Result<(StatusCode, Json<TaskResponse>), ApiError> {
+    let new = body.validate(&state.config.task_model, caller.owner)?;
+    let task = state.runner.submit(new).await?;
+    Ok((StatusCode::ACCEPTED, Json(task.into())))
+}
+
+pub async fn get_task(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(task_id): Path<String>,
+) -> Result<Json<TaskResponse>, ApiError> {
+    let task = state
+        .tasks
+        .get(Some(&caller.owner), &task_id)
+        .await?
+        .ok_or(ApiError::NotFound { kind: "task" })?;
+    Ok(Json(task.into()))
+}
+
+/// Cancels a pending or running task; a finished one is returned as it is.
+pub async fn cancel_task(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(task_id): Path<String>,
+) -> Result<Json<TaskResponse>, ApiError> {
+    let task = state
+        .runner
+        .cancel(&caller.owner, &task_id)
+        .await?
+        .ok_or(ApiError::NotFound { kind: "task" })?;
+    Ok(Json(task.into()))
+}
+
+pub async fn list_tasks(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppQuery(query): AppQuery<ListQuery>,
+) -> Result<Json<TaskList>, ApiError> {
+    let tasks: Vec<TaskResponse> = state
+        .tasks
+        .list(&caller.owner, query.limit()?)
+        .await?
+        .into_iter()
+        .map(TaskResponse::from)
+        .collect();
+    Ok(Json(TaskList {
+        count: tasks.len(),
+        tasks,
+    }))
+}

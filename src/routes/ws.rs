@@ -1,0 +1,283 @@
+//! `WS /ws/{client_id}`: chat over a WebSocket.
+//!
+//! In: `{"message", "conversation_id"?, "system_prompt"?, ...}` (any `/chat` field), or
+//! `{"type": "cancel"}` to stop the reply in progress. Out: `{"content"}` frames, then
+//! `{"done": true, "conversation_id", "tokens_used"}`; a bad frame or a failure gets
+//! `{"error"}` and the socket stays open. One conversation per socket unless the client names
+//! another. Server pings keep it alive; an idle socket is closed; a second socket with the same
+//! `client_id` (and key) replaces the first; shutdown closes every socket with 1001.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade, close_code};
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use dashmap::DashMap;
+use futures::stream::BoxStream;
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{self, TurnEvent};
+use crate::error::{ApiError, FieldError};
+use crate::middleware::auth::Caller;
+use crate::middleware::rate_limit::ClientIp;
+use crate::routes::chat::{ChatInput, valid_id};
+use crate::state::AppState;
+
+/// The close code sent to a socket replaced by a newer one with the same client id.
+pub const CLOSE_REPLACED: u16 = 4000;
+
+/// The open sockets by owner and client id, so that a newer socket can replace an older one.
+#[derive(Default)]
+pub struct SocketRegistry {
+    next: AtomicU64,
+    open: DashMap<String, (u64, CancellationToken)>,
+}
+
+impl SocketRegistry {
+    /// Registers a socket, cancelling the one it replaces.
+    fn register(&self, key: &str) -> (u64, CancellationToken) {
+        let generation = self.next.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        if let Some((_, old)) = self
+            .open
+            .insert(key.to_owned(), (generation, token.clone()))
+        {
+            old.cancel();
+        }
+        (generation, token)
+    }
+
+    fn unregister(&self, key: &str, generation: u64) {
+        self.open.remove_if(key, |_, (g, _)| *g == generation);
+    }
+
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+}
+
+pub async fn connect(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    caller: Caller,
+    ip: Option<axum::Extension<ClientIp>>,
+    Path(client_id): Path<String>,
+) -> Response {
+    if !valid_id(&client_id) {
+        return ApiError::Validation(vec![FieldError {
+            loc: vec![json!("path"), json!("client_id")],
+            msg: "String should be 1 to 128 characters of A-Z, a-z, 0-9, _ or -".into(),
+            kind: "string_pattern_mismatch".into(),
+        }])
+        .into_response();
+    }
+    let ip = ip.map(|e| e.0.0).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    // Frames up to 4x the message limit are read (and refused politely); beyond that the
+    // connection is dropped, so that memory per socket stays bounded.
+    let hard_cap = state.config.ws_max_message_bytes.saturating_mul(4);
+    ws.max_message_size(hard_cap)
+        .max_frame_size(hard_cap)
+        .on_upgrade(move |socket| async move {
+            let key = format!("{}\u{0}{}", caller.owner, client_id);
+            let (generation, replaced) = state.sockets.register(&key);
+            let (tx, rx) = socket.split();
+            let session = Session {
+                state: state.clone(),
+                owner: caller.owner,
+                ip,
+                replaced,
+            };
+            session.run(tx, rx).await;
+            state.sockets.unregister(&key, generation);
+        })
+}
+
+struct Session {
+    state: AppState,
+    owner: String,
+    ip: IpAddr,
+    replaced: CancellationToken,
+}
+
+type Reply = BoxStream<'static, Value>;
+
+fn text(v: &Value) -> Message {
+    Message::Text(Utf8Bytes::from(v.to_string()))
+}
+
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))
+}
+
+impl Session {
+    /// The socket loop, generic over the sink and stream so that channels can stand in for a
+    /// socket in tests. One task: the reply in progress is a stream polled beside the socket.
+    async fn run<Tx, Rx, E>(self, mut tx: Tx, mut rx: Rx)
+    where
+        Tx: Sink<Message> + Unpin,
+        Rx: Stream<Item = Result<Message, E>> + Unpin,
+    {
+        let cfg = Arc::clone(&self.state.config);
+        let closing = self.state.closing.clone();
+        let mut ping = tokio::time::interval_at(Instant::now() + cfg.ws_ping, cfg.ws_ping);
+        let mut last_seen = Instant::now();
+        let mut reply: Option<Reply> = None;
+        let mut conversation: Option<String> = None;
+        loop {
+            let idle_deadline = last_seen + cfg.ws_idle_timeout;
+            tokio::select! {
+                biased;
+                _ = closing.cancelled() => {
+                    let _ = tx.send(close(close_code::AWAY, "server shutting down")).await;
+                    break;
+                }
+                _ = self.replaced.cancelled() => {
+                    let _ = tx.send(close(CLOSE_REPLACED, "replaced by a newer connection")).await;
+                    break;
+                }
+                Some(out) = next_of(&mut reply) => {
+                    if out.get("done").is_some() {
+                        conversation = out["conversation_id"].as_str().map(str::to_owned);
+                    }
+                    let finished = out.get("done").is_some() || out.get("error").is_some();
+                    if finished {
+                        reply = None;
+                    }
+                    if tx.send(text(&out)).await.is_err() {
+                        break;
+                    }
+                }
+                incoming = rx.next() => {
+                    let Some(Ok(msg)) = incoming else { break };
+                    last_seen = Instant::now();
+                    let data = match msg {
+                        Message::Text(t) => t.as_str().to_owned(),
+                        Message::Binary(b) => String::from_utf8_lossy(&b).into_owned(),
+                        Message::Close(_) => break,
+                        Message::Ping(_) | Message::Pong(_) => continue,
+                    };
+                    let answer = self.handle(&data, &mut reply, &conversation);
+                    if let Some(answer) = answer
+                        && tx.send(text(&answer)).await.is_err()
+                    {
+                        break;
+                    }
+                }
+                _ = ping.tick() => {
+                    if tx.send(Message::Ping(Default::default())).await.is_err() {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(idle_deadline), if reply.is_none() => {
+                    let _ = tx.send(close(close_code::NORMAL, "idle timeout")).await;
+                    break;
+                }
+            }
+        }
+        // Dropping `reply` here cancels the upstream call of a reply still running.
+        drop(reply);
+        let _ = tx.close().await;
+    }
+
+    /// Handles one client frame; returns an immediate answer, if any.
+    fn handle(
+        &self,
+        data: &str,
+        reply: &mut Option<Reply>,
+        conversation: &Option<String>,
+    ) -> Option<Value> {
+        let max = self.state.config.ws_max_message_bytes;
+        if data.len() > max {
+            return Some(json!({"error": format!("message larger than {max} bytes")}));
+        }
+        let value: Value = match serde_json::from_str(data) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => return Some(json!({"error": "frames must be JSON objects"})),
+        };
+        if value.get("type").and_then(Value::as_str) == Some("cancel") {
+            return Some(match reply.take() {
+                Some(_) => json!({"cancelled": true}),
+                None => json!({"error": "no reply in progress"}),
+            });
+        }
+        if reply.is_some() {
+            return Some(
+                json!({"error": "a reply is in progress; send {\"type\": \"cancel\"} to stop it"}),
+            );
+        }
+        let mut input: ChatInput = match serde_json::from_value(value) {
+            Ok(i) => i,
+            Err(e) => return Some(json!({"error": format!("invalid message: {e}")})),
+        };
+        if input.conversation_id.is_none() {
+            input.conversation_id = conversation.clone();
+        }
+        let turn = match input.validate(&self.state.config, "body") {
+            Ok(t) => t,
+            Err(e) => return Some(json!({"error": e.message()})),
+        };
+        let decision = self.state.limiter.check(self.ip, Some(&self.owner));
+        if !decision.allowed {
+            let err = ApiError::RateLimited {
+                retry_after: decision.reset,
+            };
+            return Some(json!({"error": err.message()}));
+        }
+        let state = self.state.clone();
+        let owner = self.owner.clone();
+        let started =
+            async move {
+                match agent::stream_turn(
+                    state.llm.as_ref(),
+                    state.conversations.as_ref(),
+                    &owner,
+                    turn,
+                )
+                .await
+                {
+                    Ok((_, events)) => events.map(event_json).boxed(),
+                    Err(e) => futures::stream::once(async move {
+                        json!({"error": ApiError::from(e).message()})
+                    })
+                    .boxed(),
+                }
+            };
+        *reply = Some(futures::stream::once(started).flatten().boxed());
+        None
+    }
+}
+
+fn event_json(event: TurnEvent) -> Value {
+    match event {
+        TurnEvent::Delta(content) => json!({ "content": content }),
+        TurnEvent::Done {
+            conversation_id,
+            tokens_used,
+        } => json!({"done": true, "conversation_id": conversation_id, "tokens_used": tokens_used}),
+        TurnEvent::Failed(e) => json!({"error": ApiError::from(e).message()}),
+    }
+}
+
+/// The next item of the reply in progress; pending forever when there is none.
+async fn next_of(reply: &mut Option<Reply>) -> Option<Value> {
+    match reply {
+        Some(r) => match r.next().await {
+            Some(v) => Some(v),
+            // A reply stream that ended without done or error: report it rather than hang.
+            None => Some(json!({"error": "the reply ended unexpectedly"})),
+        },
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,145 @@
+//! [`AppState`]: everything a handler may need, built once by [`AppState::build`] (main) or by
+//! [`AppStateBuilder`] (tests, which swap the provider or stores).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::TaskRunner;
+use crate::agent::runner::RunnerLimits;
+use crate::config::{Config, ProviderKind, StoreKind};
+use crate::llm::{EchoProvider, LlmProvider, OpenAiProvider};
+use crate::middleware::auth::KeyRing;
+use crate::middleware::rate_limit::RateLimiter;
+use crate::routes::ws::SocketRegistry;
+use crate::store::{ConversationStore, MemoryConversationStore, MemoryTaskStore, TaskStore};
+
+/// Cloned into every request (all fields are `Arc`s or cheap handles).
+#[derive(Clone)]
+pub struct AppState {
+    /// Parsed once at start; read by handlers and layers.
+    pub config: Arc<Config>,
+    /// The model. One instance (one pooled HTTP client) for the whole process; the task runner
+    /// holds a clone.
+    pub llm: Arc<dyn LlmProvider>,
+    /// Conversations; the domain serializes turns through it.
+    pub conversations: Arc<dyn ConversationStore>,
+    /// Task records; the runner writes them, handlers read them.
+    pub tasks: Arc<dyn TaskStore>,
+    /// Runs tasks and every other background job; `main` waits for it on shutdown.
+    pub runner: TaskRunner,
+    /// The configured API keys, as hashes; used by the auth layer.
+    pub keys: Arc<KeyRing>,
+    /// Per-client and per-key token buckets; used by the rate-limit layer and by `/ws`.
+    pub limiter: Arc<RateLimiter>,
+    /// Open WebSockets by owner and client id; `/ws` registers and replaces through it.
+    pub sockets: Arc<SocketRegistry>,
+    /// Cancelled when shutdown begins: WebSockets close with 1001 on it. `serve` cancels it.
+    pub closing: CancellationToken,
+    /// For `/health`'s uptime.
+    pub started: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("STORE={0} needs the Redis store, which this build does not include")]
+    StoreUnsupported(String),
+}
+
+impl AppState {
+    /// The production state for `config`.
+    pub fn build(config: Config) -> Result<Self, BuildError> {
+        AppStateBuilder::new(config).build()
+    }
+}
+
+pub struct AppStateBuilder {
+    config: Config,
+    llm: Option<Arc<dyn LlmProvider>>,
+}
+
+impl AppStateBuilder {
+    pub fn new(config: Config) -> Self {
+        Self { config, llm: None }
+    }
+
+    /// Replaces the provider that the config would choose.
+    pub fn with_provider(mut self, llm: Arc<dyn LlmProvider>) -> Self {
+        self.llm = Some(llm);
+        self
+    }
+
+    pub fn build(self) -> Result<AppState, BuildError> {
+        let config = self.config;
+        let llm = self.llm.unwrap_or_else(|| provider_for(&config));
+        if let StoreKind::Redis(url) = &config.store {
+            return Err(BuildError::StoreUnsupported(url.clone()));
+        }
+        let conversations: Arc<dyn ConversationStore> = Arc::new(MemoryConversationStore::new(
+            config.max_conversations,
+            config.max_messages_per_conversation,
+            config.conversation_ttl,
+        ));
+        let tasks: Arc<dyn TaskStore> =
+            Arc::new(MemoryTaskStore::new(config.max_tasks, config.task_ttl));
+        let runner = TaskRunner::new(
+            Arc::clone(&llm),
+            Arc::clone(&tasks),
+            RunnerLimits {
+                concurrency: config.task_concurrency,
+                queue_size: config.task_queue_size,
+                timeout: config.task_timeout,
+            },
+        );
+        let state = AppState {
+            keys: Arc::new(KeyRing::new(&config.api_keys)),
+            limiter: Arc::new(RateLimiter::new(&config)),
+            config: Arc::new(config),
+            llm,
+            conversations,
+            tasks,
+            runner,
+            sockets: Arc::new(SocketRegistry::default()),
+            closing: CancellationToken::new(),
+            started: Instant::now(),
+        };
+        state.start_janitor();
+        Ok(state)
+    }
+}
+
+fn provider_for(config: &Config) -> Arc<dyn LlmProvider> {
+    match config.provider {
+        ProviderKind::OpenAi => Arc::new(OpenAiProvider::new(
+            &config.openai_base_url,
+            config.openai_api_key.as_ref(),
+            config.upstream_timeout,
+        )),
+        ProviderKind::Echo => Arc::new(EchoProvider::new(
+            config.echo_delay,
+            config.upstream_timeout,
+        )),
+    }
+}
+
+impl AppState {
+    /// Expires idle conversations, finished tasks and idle rate-limit buckets, periodically.
+    fn start_janitor(&self) {
+        let state = self.clone();
+        let every = Duration::from_secs(30)
+            .min(state.config.conversation_ttl / 2)
+            .min(state.config.task_ttl / 2)
+            .max(Duration::from_millis(100));
+        self.runner.spawn_until_shutdown(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                state.conversations.sweep().await;
+                state.tasks.sweep().await;
+                state.limiter.sweep();
+            }
+        });
+    }
+}

@@ -1,0 +1,353 @@
+//! In-memory stores on DashMap: the default, for one process.
+//!
+//! Memory is bounded: at most `max_conversations` conversations of at most `max_messages`
+//! messages each (the oldest turns are dropped, the system prompt kept), idle conversations
+//! expire after the TTL, finished tasks after theirs, and at most `max_tasks` tasks are kept.
+//! No DashMap guard is ever held across an `.await`.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+
+use super::{
+    Conversation, ConversationStore, ConversationSummary, StoreError, Task, TaskStatus, TaskStore,
+    TurnLease,
+};
+use crate::llm::Message;
+
+pub struct MemoryConversationStore {
+    map: DashMap<String, Arc<Slot>>,
+    max_conversations: usize,
+    max_messages: usize,
+    ttl: Duration,
+}
+
+struct Slot {
+    owner: String,
+    /// Serializes turns. A tokio mutex because it is held across the model call.
+    turn: Arc<tokio::sync::Mutex<()>>,
+    /// The data; a std mutex, held only to copy or append, never across an `.await`.
+    data: Mutex<Data>,
+}
+
+struct Data {
+    messages: Vec<Message>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    last_used: Instant,
+    /// False until the first turn commits: a conversation whose first turn failed is invisible.
+    committed: bool,
+}
+
+impl Slot {
+    fn data(&self) -> MutexGuard<'_, Data> {
+        // A poisoned lock only means a panic elsewhere while appending; the data is still whole.
+        self.data.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl MemoryConversationStore {
+    pub fn new(max_conversations: usize, max_messages: usize, ttl: Duration) -> Self {
+        Self {
+            map: DashMap::new(),
+            max_conversations,
+            max_messages,
+            ttl,
+        }
+    }
+
+    fn expire(&self) {
+        let ttl = self.ttl;
+        self.map.retain(|_, slot| {
+            // A slot whose turn is running is in use, whatever its age.
+            slot.turn.try_lock().is_err() || slot.data().last_used.elapsed() < ttl
+        });
+    }
+}
+
+struct MemoryTurn {
+    slot: Arc<Slot>,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+    history: Vec<Message>,
+    max_messages: usize,
+}
+
+#[async_trait]
+impl TurnLease for MemoryTurn {
+    fn history(&self) -> &[Message] {
+        &self.history
+    }
+
+    async fn commit(self: Box<Self>, new_messages: Vec<Message>) -> Result<(), StoreError> {
+        let mut data = self.slot.data();
+        data.messages.extend(new_messages);
+        trim(&mut data.messages, self.max_messages);
+        data.committed = true;
+        data.updated_at = Utc::now();
+        data.last_used = Instant::now();
+        Ok(())
+    }
+}
+
+/// Drops the oldest turns (in pairs, keeping a leading system message) until `max` remain.
+pub fn trim(messages: &mut Vec<Message>, max: usize) {
+    if messages.len() <= max {
+        return;
+    }
+    let keep_first = usize::from(messages.first().is_some_and(|m| m.role == "system"));
+    let mut excess = messages.len() - max;
+    excess += excess % 2;
+    let end = (keep_first + excess).min(messages.len());
+    messages.drain(keep_first..end);
+}
+
+#[async_trait]
+impl ConversationStore for MemoryConversationStore {
+    async fn begin_turn(
+        &self,
+        owner: &str,
+        id: &str,
+    ) -> Result<Option<Box<dyn TurnLease>>, StoreError> {
+        let existing = self.map.get(id).map(|s| Arc::clone(s.value()));
+        let slot = match existing {
+            Some(slot) => slot,
+            None => {
+                if self.map.len() >= self.max_conversations {
+                    self.expire();
+                    if self.map.len() >= self.max_conversations {
+                        return Err(StoreError::Full(format!(
+                            "the server holds its maximum of {} conversations",
+                            self.max_conversations
+                        )));
+                    }
+                }
+                let now = Utc::now();
+                let fresh = Arc::new(Slot {
+                    owner: owner.to_owned(),
+                    turn: Arc::new(tokio::sync::Mutex::new(())),
+                    data: Mutex::new(Data {
+                        messages: Vec::new(),
+                        created_at: now,
+                        updated_at: now,
+                        last_used: Instant::now(),
+                        committed: false,
+                    }),
+                });
+                Arc::clone(self.map.entry(id.to_owned()).or_insert(fresh).value())
+            }
+        };
+        if slot.owner != owner {
+            return Ok(None);
+        }
+        let guard = Arc::clone(&slot.turn).lock_owned().await;
+        let history = {
+            let mut data = slot.data();
+            data.last_used = Instant::now();
+            data.messages.clone()
+        };
+        Ok(Some(Box::new(MemoryTurn {
+            slot,
+            _guard: guard,
+            history,
+            max_messages: self.max_messages,
+        })))
+    }
+
+    async fn get(&self, owner: &str, id: &str) -> Result<Option<Conversation>, StoreError> {
+        let Some(slot) = self.map.get(id).map(|s| Arc::clone(s.value())) else {
+            return Ok(None);
+        };
+        if slot.owner != owner {
+            return Ok(None);
+        }
+        let data = slot.data();
+        Ok(data.committed.then(|| Conversation {
+            id: id.to_owned(),
+            messages: data.messages.clone(),
+            created_at: data.created_at,
+            updated_at: data.updated_at,
+        }))
+    }
+
+    async fn list(
+        &self,
+        owner: &str,
+        limit: usize,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
+        let mut out: Vec<ConversationSummary> = self
+            .map
+            .iter()
+            .filter(|e| e.value().owner == owner)
+            .filter_map(|e| {
+                let data = e.value().data();
+                data.committed.then(|| ConversationSummary {
+                    id: e.key().clone(),
+                    message_count: data.messages.len(),
+                    created_at: data.created_at,
+                    updated_at: data.updated_at,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn delete(&self, owner: &str, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .map
+            .remove_if(id, |_, slot| slot.owner == owner && slot.data().committed)
+            .is_some())
+    }
+
+    async fn count(&self) -> Result<usize, StoreError> {
+        Ok(self.map.len())
+    }
+
+    async fn sweep(&self) {
+        self.expire();
+    }
+}
+
+pub struct MemoryTaskStore {
+    map: DashMap<String, Task>,
+    max_tasks: usize,
+    ttl: Duration,
+}
+
+impl MemoryTaskStore {
+    pub fn new(max_tasks: usize, ttl: Duration) -> Self {
+        Self {
+            map: DashMap::new(),
+            max_tasks,
+            ttl,
+        }
+    }
+
+    fn expire(&self) {
+        let cutoff = Utc::now() - chrono::Duration::from_std(self.ttl).unwrap_or_default();
+        self.map
+            .retain(|_, t| !t.status.is_final() || t.completed_at.is_none_or(|c| c > cutoff));
+    }
+}
+
+#[async_trait]
+impl TaskStore for MemoryTaskStore {
+    async fn insert(&self, task: Task) -> Result<(), StoreError> {
+        if self.map.len() >= self.max_tasks {
+            self.expire();
+            if self.map.len() >= self.max_tasks {
+                return Err(StoreError::Full(format!(
+                    "the server holds its maximum of {} tasks",
+                    self.max_tasks
+                )));
+            }
+        }
+        self.map.insert(task.task_id.clone(), task);
+        Ok(())
+    }
+
+    async fn get(&self, owner: Option<&str>, id: &str) -> Result<Option<Task>, StoreError> {
+        Ok(self
+            .map
+            .get(id)
+            .filter(|t| owner.is_none_or(|o| o == t.owner))
+            .map(|t| t.value().clone()))
+    }
+
+    async fn list(&self, owner: &str, limit: usize) -> Result<Vec<Task>, StoreError> {
+        let mut out: Vec<Task> = self
+            .map
+            .iter()
+            .filter(|t| t.owner == owner)
+            .map(|t| t.value().clone())
+            .collect();
+        out.sort_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then(a.task_id.cmp(&b.task_id))
+        });
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn transition(
+        &self,
+        id: &str,
+        from: &[TaskStatus],
+        to: TaskStatus,
+        result: Option<String>,
+    ) -> Result<Option<Task>, StoreError> {
+        let Some(mut task) = self.map.get_mut(id) else {
+            return Ok(None);
+        };
+        if !from.contains(&task.status) {
+            return Ok(None);
+        }
+        task.status = to;
+        if result.is_some() {
+            task.result = result;
+        }
+        if to.is_final() {
+            task.completed_at = Some(Utc::now());
+        }
+        Ok(Some(task.clone()))
+    }
+
+    async fn sweep(&self) {
+        self.expire();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msgs(n: usize) -> Vec<Message> {
+        let mut v = vec![Message::new("system", "s")];
+        for i in 0..n {
+            let role = if i % 2 == 0 { "user" } else { "assistant" };
+            v.push(Message::new(role, i.to_string()));
+        }
+        v
+    }
+
+    #[test]
+    fn trim_keeps_system_and_pairs() {
+        let mut m = msgs(6);
+        trim(&mut m, 5);
+        assert_eq!(m.len(), 5);
+        assert_eq!(m[0].role, "system");
+        assert_eq!(m[1].role, "user");
+        assert_eq!(m[1].content, "2");
+    }
+
+    #[tokio::test]
+    async fn failed_first_turn_is_invisible_and_owner_is_checked() {
+        let s = MemoryConversationStore::new(10, 10, Duration::from_secs(60));
+        let turn = s.begin_turn("a", "c1").await.unwrap().unwrap();
+        drop(turn);
+        assert!(s.get("a", "c1").await.unwrap().is_none());
+        assert!(s.begin_turn("b", "c1").await.unwrap().is_none());
+        let turn = s.begin_turn("a", "c1").await.unwrap().unwrap();
+        turn.commit(msgs(2)).await.unwrap();
+        assert_eq!(s.get("a", "c1").await.unwrap().unwrap().messages.len(), 3);
+        assert!(s.get("b", "c1").await.unwrap().is_none());
+        assert!(!s.delete("b", "c1").await.unwrap());
+        assert!(s.delete("a", "c1").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn conversation_limit_is_enforced() {
+        let s = MemoryConversationStore::new(1, 10, Duration::from_secs(60));
+        let t = s.begin_turn("a", "one").await.unwrap().unwrap();
+        t.commit(msgs(2)).await.unwrap();
+        assert!(matches!(
+            s.begin_turn("a", "two").await,
+            Err(StoreError::Full(_))
+        ));
+    }
+}
