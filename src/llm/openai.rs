@@ -29,11 +29,15 @@ pub struct OpenAiProvider {
     ready_at: Mutex<Option<Instant>>,
 }
 
+/// reqwest is built without a default TLS crypto provider; ring is ours. Call before building
+/// any reqwest client; a second call finds it installed, which is fine.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl OpenAiProvider {
     pub fn new(base_url: &str, api_key: Option<&Secret>, timeout: Duration) -> Self {
-        // reqwest is built without a default crypto provider; ring is ours. A second call
-        // (tests build many providers) finds one installed already, which is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(90))

@@ -1,0 +1,316 @@
+//! `POST /chat` and conversations against the fake upstream.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Behaviour, FakeOpenAi, TestApp};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn chat_answers_with_the_contract_shape() {
+    let fake = FakeOpenAi::start().await;
+    let app = TestApp::with_fake(&fake, |_| {}).await;
+    let (status, body) = app.post("/chat", json!({"message": "Hi there"})).await;
+    assert_eq!(status, 200, "{body}");
+    let obj = body.as_object().unwrap();
+    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["conversation_id", "response", "timestamp", "tokens_used"]);
+    assert_eq!(body["response"], "Hello from the fake upstream");
+    assert_eq!(body["tokens_used"], 18);
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(body["timestamp"].as_str().unwrap()).is_ok(),
+        "{body}"
+    );
+    let id = body["conversation_id"].as_str().unwrap();
+    assert!(uuid::Uuid::parse_str(id).is_ok());
+
+    // The upstream got the defaults explicitly and never the key in the clear elsewhere.
+    let sent = &fake.requests()[0];
+    assert_eq!(sent["model"], "gpt-4o-mini");
+    assert_eq!(sent["temperature"], 0.7);
+    assert_eq!(sent["max_tokens"], 1000);
+    assert_eq!(sent["stream"], false);
+    assert_eq!(
+        sent["messages"],
+        json!([
+            {"role": "system", "content": "You are a helpful AI assistant."},
+            {"role": "user", "content": "Hi there"}
+        ])
+    );
+    assert_eq!(fake.auth_headers()[0], "Bearer sk-test-secret-key");
+}
+
+#[tokio::test]
+async fn whole_history_and_settings_reach_the_upstream() {
+    let fake = FakeOpenAi::start().await;
+    let app = TestApp::with_fake(&fake, |_| {}).await;
+    let first = json!({"message": "one", "conversation_id": "my-conv_1", "system_prompt": "Be brief.",
+        "temperature": 0.2, "max_tokens": 50, "model": "gpt-x"});
+    let (status, body) = app.post("/chat", first).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["conversation_id"], "my-conv_1");
+    let (status, _) = app
+        .post(
+            "/chat",
+            json!({"message": "two", "conversation_id": "my-conv_1", "max_completion_tokens": 77}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let sent = fake.requests();
+    assert_eq!(sent[0]["model"], "gpt-x");
+    assert_eq!(sent[0]["temperature"], 0.2);
+    assert_eq!(sent[0]["max_tokens"], 50);
+    assert_eq!(sent[1]["max_tokens"], 77);
+    assert_eq!(
+        sent[1]["messages"],
+        json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "one"},
+            {"role": "assistant", "content": "Hello from the fake upstream"},
+            {"role": "user", "content": "two"}
+        ])
+    );
+
+    let (status, conv) = app.get("/conversation/my-conv_1").await;
+    assert_eq!(status, 200);
+    assert_eq!(conv["conversation_id"], "my-conv_1");
+    assert_eq!(conv["message_count"], 5);
+    assert_eq!(conv["messages"].as_array().unwrap().len(), 5);
+    assert_eq!(conv["messages"][0], json!({"role": "system", "content": "Be brief."}));
+}
+
+#[tokio::test]
+async fn conversations_list_get_and_delete() {
+    let app = TestApp::echo(|_| {}).await;
+    for id in ["a1", "b2"] {
+        let (s, _) = app
+            .post("/chat", json!({"message": "hi", "conversation_id": id}))
+            .await;
+        assert_eq!(s, 200);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (status, list) = app.get("/conversations").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["count"], 2);
+    // newest first
+    assert_eq!(list["conversations"][0]["conversation_id"], "b2");
+    assert_eq!(list["conversations"][1]["conversation_id"], "a1");
+    assert_eq!(list["conversations"][0]["message_count"], 3);
+
+    let (status, body) = app.delete("/conversation/a1").await;
+    assert_eq!((status, body), (200, json!({"status": "deleted"})));
+    let (status, body) = app.get("/conversation/a1").await;
+    assert_eq!(status, 404);
+    assert!(body["detail"].is_string(), "{body}");
+    let (status, body) = app.delete("/conversation/a1").await;
+    assert_eq!(status, 404);
+    assert!(body["detail"].is_string());
+    let (_, list) = app.get("/conversations").await;
+    assert_eq!(list["count"], 1);
+    let (status, body) = app.get("/conversations?limit=0").await;
+    assert_eq!(status, 422, "{body}");
+}
+
+#[tokio::test]
+async fn validation_errors_are_fastapi_422s() {
+    let fake = FakeOpenAi::start().await;
+    let app = TestApp::with_fake(&fake, |_| {}).await;
+    let cases = [
+        (json!({"message": ""}), "message"),
+        (json!({"message": "hi", "temperature": 2.5}), "temperature"),
+        (json!({"message": "hi", "max_tokens": 0}), "max_tokens"),
+        (json!({"message": "hi", "max_tokens": 5000}), "max_tokens"),
+        (json!({"message": 42}), "message"),
+        (json!({"message": "hi", "temperature": "warm"}), "temperature"),
+        (json!({"message": "hi", "max_tokens": 1.5}), "max_tokens"),
+        (json!({"temperature": 1}), "message"),
+        (json!({"message": "hi", "conversation_id": "no spaces"}), "conversation_id"),
+    ];
+    for (body, field) in cases {
+        let (status, res) = app.post("/chat", body.clone()).await;
+        assert_eq!(status, 422, "{body} -> {res}");
+        let detail = res["detail"].as_array().unwrap_or_else(|| panic!("{res}"));
+        assert_eq!(detail[0]["loc"], json!(["body", field]), "{body} -> {res}");
+        assert!(detail[0]["msg"].is_string());
+        assert!(detail[0]["type"].is_string());
+    }
+    for raw in ["{not json", "", "[1,2]", "null"] {
+        let (status, res) = app.post_raw("/chat", raw.to_owned()).await;
+        assert_eq!(status, 422, "{raw:?} -> {res}");
+        assert!(res["detail"].is_array(), "{res}");
+    }
+    assert!(fake.requests().is_empty(), "nothing invalid reaches the upstream");
+}
+
+#[tokio::test]
+async fn unknown_ids_are_404_with_detail() {
+    let app = TestApp::echo(|_| {}).await;
+    for path in ["/conversation/nope", "/task/nope"] {
+        let (status, body) = app.get(path).await;
+        assert_eq!(status, 404);
+        assert!(body["detail"].is_string(), "{body}");
+    }
+    let (status, body) = app.get("/no/such/route").await;
+    assert_eq!((status, body), (404, json!({"detail": "Not Found"})));
+}
+
+#[tokio::test]
+async fn upstream_500_is_502_and_leaves_no_dangling_message() {
+    let fake = FakeOpenAi::start().await;
+    let app = TestApp::with_fake(&fake, |_| {}).await;
+    let (s, _) = app
+        .post("/chat", json!({"message": "first", "conversation_id": "c"}))
+        .await;
+    assert_eq!(s, 200);
+    fake.set(|b| b.status = 500);
+    let (status, body) = app
+        .post("/chat", json!({"message": "second", "conversation_id": "c"}))
+        .await;
+    assert_eq!(status, 502, "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("500"), "{detail}");
+    assert!(!detail.contains("sk-test-secret-key"));
+    let (_, conv) = app.get("/conversation/c").await;
+    assert_eq!(conv["message_count"], 3, "{conv}");
+
+    // A new conversation whose first turn fails does not exist afterwards.
+    let (status, _) = app
+        .post("/chat", json!({"message": "x", "conversation_id": "fresh"}))
+        .await;
+    assert_eq!(status, 502);
+    let (status, _) = app.get("/conversation/fresh").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn upstream_garbage_is_502_and_upstream_down_is_502() {
+    let fake = FakeOpenAi::start_with(Behaviour {
+        garbage: true,
+        ..Default::default()
+    })
+    .await;
+    let app = TestApp::with_fake(&fake, |_| {}).await;
+    let (status, body) = app.post("/chat", json!({"message": "hi"})).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body["detail"].is_string());
+
+    let down = TestApp::echo(|c| {
+        c.provider = agent_api::config::ProviderKind::OpenAi;
+        c.openai_base_url = "http://127.0.0.1:9/v1".into();
+    })
+    .await;
+    let (status, body) = down.post("/chat", json!({"message": "hi"})).await;
+    assert_eq!(status, 502, "{body}");
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504() {
+    let fake = FakeOpenAi::start_with(Behaviour {
+        delay: Duration::from_secs(3),
+        ..Default::default()
+    })
+    .await;
+    let app = TestApp::with_fake(&fake, |c| c.upstream_timeout = Duration::from_millis(300)).await;
+    let (status, body) = app
+        .post("/chat", json!({"message": "hi", "conversation_id": "slow"}))
+        .await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body["detail"].is_string());
+    let (status, _) = app.get("/conversation/slow").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn concurrent_turns_on_one_conversation_are_serialized() {
+    let fake = FakeOpenAi::start_with(Behaviour {
+        delay: Duration::from_millis(5),
+        ..Default::default()
+    })
+    .await;
+    let app = TestApp::with_fake(&fake, |_| {}).await;
+    let (s, _) = app
+        .post("/chat", json!({"message": "start", "conversation_id": "busy"}))
+        .await;
+    assert_eq!(s, 200);
+    let calls = (0..20).map(|i| {
+        let app = &app;
+        async move {
+            app.post("/chat", json!({"message": format!("m{i}"), "conversation_id": "busy"}))
+                .await
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
+    let (_, conv) = app.get("/conversation/busy").await;
+    let messages = conv["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 3 + 40);
+    for (i, m) in messages[3..].iter().enumerate() {
+        let want = if i % 2 == 0 { "user" } else { "assistant" };
+        assert_eq!(m["role"], want, "message {i}: {m}");
+    }
+    // Each upstream call saw the complete history before it: 3, 5, 7, ... messages.
+    let mut sizes: Vec<usize> = fake
+        .requests()
+        .iter()
+        .map(|r| r["messages"].as_array().unwrap().len())
+        .collect();
+    sizes.sort();
+    let want: Vec<usize> = (0..21).map(|i| 2 + 2 * i).collect();
+    assert_eq!(sizes, want);
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_413_json() {
+    let app = TestApp::echo(|c| c.max_body_bytes = 1024).await;
+    let big = json!({"message": "x".repeat(4096)}).to_string();
+    let (status, body) = app.post_raw("/chat", big).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("1024"), "{body}");
+}
+
+#[tokio::test]
+async fn request_id_is_generated_or_echoed() {
+    let app = TestApp::echo(|_| {}).await;
+    let res = app
+        .client
+        .get(format!("{}/health", app.url))
+        .send()
+        .await
+        .unwrap();
+    let generated = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(uuid::Uuid::parse_str(&generated).is_ok());
+    let res = app
+        .client
+        .post(format!("{}/chat", app.url))
+        .header("x-request-id", "my-trace-42")
+        .json(&json!({"message": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "my-trace-42");
+}
+
+#[tokio::test]
+async fn health_and_ready() {
+    let fake = FakeOpenAi::start().await;
+    let app = TestApp::with_fake(&fake, |_| {}).await;
+    let (status, body) = app.get("/health").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "healthy");
+    assert_eq!(body["active_conversations"], 0);
+    assert!(body["timestamp"].is_string());
+    let (status, body) = app.get("/ready").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ready");
+
+    let down = TestApp::echo(|c| {
+        c.provider = agent_api::config::ProviderKind::OpenAi;
+        c.openai_base_url = "http://127.0.0.1:9/v1".into();
+    })
+    .await;
+    let (status, body) = down.get("/ready").await;
+    assert_eq!(status, 503, "{body}");
+    let _: Value = body;
+}

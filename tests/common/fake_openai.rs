@@ -1,0 +1,258 @@
+//! A fake OpenAI upstream on a random port: the real wire format (a `chat.completion` JSON, or a
+//! chunked `text/event-stream` of `chat.completion.chunk`s ending with `data: [DONE]`), with knobs
+//! for failures, and a record of what it was sent and of streams cut short by the client.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone)]
+pub struct Behaviour {
+    /// The answer; streamed in `chunks` pieces split at word boundaries.
+    pub content: String,
+    pub chunks: usize,
+    /// Non-200: answer this status with an OpenAI error body.
+    pub status: u16,
+    /// Wait before answering at all (headers included).
+    pub delay: Duration,
+    /// Streams: wait after the headers before the first chunk.
+    pub first_chunk_delay: Duration,
+    /// Streams: wait between chunks.
+    pub chunk_delay: Duration,
+    /// Answer 200 with a body that is not JSON.
+    pub garbage: bool,
+    /// Streams: stop after this many content chunks, without a finish chunk or `[DONE]`.
+    pub stop_after: Option<usize>,
+    /// With `stop_after`: break the connection instead of ending the body cleanly.
+    pub abort: bool,
+    /// Send usage (in the completion, or as a last chunk when asked for).
+    pub usage: bool,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Self {
+            content: "Hello from the fake upstream".into(),
+            chunks: 5,
+            status: 200,
+            delay: Duration::ZERO,
+            first_chunk_delay: Duration::ZERO,
+            chunk_delay: Duration::ZERO,
+            garbage: false,
+            stop_after: None,
+            abort: false,
+            usage: true,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    behaviour: Mutex<Behaviour>,
+    requests: Mutex<Vec<Value>>,
+    auth_headers: Mutex<Vec<String>>,
+    /// Streams whose body was dropped before it was all sent (the client went away).
+    cancelled: AtomicUsize,
+    /// Streams sent to the end.
+    finished: AtomicUsize,
+}
+
+#[derive(Clone)]
+pub struct FakeOpenAi {
+    /// Base URL including `/v1`.
+    pub url: String,
+    shared: Arc<Shared>,
+}
+
+pub const USAGE: (u64, u64, u64) = (11, 7, 18);
+
+impl FakeOpenAi {
+    pub async fn start() -> Self {
+        Self::start_with(Behaviour::default()).await
+    }
+
+    pub async fn start_with(behaviour: Behaviour) -> Self {
+        let shared = Arc::new(Shared {
+            behaviour: Mutex::new(behaviour),
+            ..Default::default()
+        });
+        let app = Router::new()
+            .route("/v1/chat/completions", post(completions))
+            .route("/v1/models", get(models))
+            .with_state(Arc::clone(&shared));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        #[expect(clippy::disallowed_methods, reason = "the fake server is test scaffolding")]
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { url, shared }
+    }
+
+    pub fn set(&self, f: impl FnOnce(&mut Behaviour)) {
+        f(&mut self.shared.behaviour.lock().unwrap());
+    }
+
+    /// Every chat request body received, in order.
+    pub fn requests(&self) -> Vec<Value> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+
+    pub fn auth_headers(&self) -> Vec<String> {
+        self.shared.auth_headers.lock().unwrap().clone()
+    }
+
+    pub fn cancelled(&self) -> usize {
+        self.shared.cancelled.load(Ordering::SeqCst)
+    }
+
+    pub fn finished(&self) -> usize {
+        self.shared.finished.load(Ordering::SeqCst)
+    }
+}
+
+fn split_words(text: &str, n: usize) -> Vec<String> {
+    let words: Vec<&str> = text.split_inclusive(' ').collect();
+    let n = n.max(1).min(words.len().max(1));
+    let per = words.len().div_ceil(n);
+    words.chunks(per.max(1)).map(|c| c.concat()).collect()
+}
+
+fn chunk(model: &str, delta: Value, finish: Option<&str>) -> Value {
+    json!({
+        "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000,
+        "model": model, "system_fingerprint": null,
+        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+    })
+}
+
+async fn models() -> Json<Value> {
+    Json(json!({"object": "list", "data": [
+        {"id": "fake-model", "object": "model", "created": 1_700_000_000, "owned_by": "fake"}
+    ]}))
+}
+
+/// Counts a stream as cancelled when its body is dropped before the end.
+struct DropGuard {
+    shared: Arc<Shared>,
+    done: bool,
+}
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        let counter = if self.done {
+            &self.shared.finished
+        } else {
+            &self.shared.cancelled
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+async fn completions(
+    State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::String(
+        String::from_utf8_lossy(&body).into_owned(),
+    ));
+    shared.requests.lock().unwrap().push(req.clone());
+    if let Some(a) = headers.get(header::AUTHORIZATION) {
+        shared
+            .auth_headers
+            .lock()
+            .unwrap()
+            .push(a.to_str().unwrap_or("").to_owned());
+    }
+    let b = shared.behaviour.lock().unwrap().clone();
+    tokio::time::sleep(b.delay).await;
+    if b.status != 200 {
+        let status = StatusCode::from_u16(b.status).unwrap();
+        let body = json!({"error": {"message": format!("fake upstream says {}", b.status),
+            "type": "server_error", "param": null, "code": null}});
+        return (status, Json(body)).into_response();
+    }
+    if b.garbage {
+        return (
+            [(header::CONTENT_TYPE, "application/json")],
+            "<html>this is not json</html>",
+        )
+            .into_response();
+    }
+    let model = req["model"].as_str().unwrap_or("unknown").to_owned();
+    let usage = json!({"prompt_tokens": USAGE.0, "completion_tokens": USAGE.1, "total_tokens": USAGE.2});
+    if req["stream"] != json!(true) {
+        let mut completion = json!({
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": 1_700_000_000,
+            "model": model, "system_fingerprint": null,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": b.content, "refusal": null},
+                "logprobs": null, "finish_reason": "stop"}],
+        });
+        if b.usage {
+            completion["usage"] = usage;
+        }
+        return Json(completion).into_response();
+    }
+    let include_usage = b.usage && req["stream_options"]["include_usage"] == json!(true);
+    let mut events: Vec<Value> = vec![chunk(&model, json!({"role": "assistant", "content": ""}), None)];
+    let pieces = split_words(&b.content, b.chunks);
+    let content_count = pieces.len();
+    for p in pieces {
+        events.push(chunk(&model, json!({"content": p}), None));
+    }
+    events.push(chunk(&model, json!({}), Some("stop")));
+    if include_usage {
+        let mut u = chunk(&model, json!({}), None);
+        u["choices"] = json!([]);
+        u["usage"] = usage;
+        events.push(u);
+    }
+    let cut = b.stop_after.map(|n| n + 1); // + the role chunk
+    let guard = DropGuard {
+        shared: Arc::clone(&shared),
+        done: false,
+    };
+    let state = (events.into_iter().enumerate(), guard, false);
+    let stream = futures::stream::unfold(state, move |(mut it, mut guard, ended)| {
+        let b = b.clone();
+        async move {
+            if ended {
+                return None;
+            }
+            match it.next() {
+                Some((i, ev)) => {
+                    if cut == Some(i) {
+                        guard.done = true;
+                        if b.abort {
+                            return Some((Err(std::io::Error::other("fake upstream breaks the connection")), (it, guard, true)));
+                        }
+                        return None;
+                    }
+                    if i == 1 {
+                        tokio::time::sleep(b.first_chunk_delay).await;
+                    } else if i > 1 && i <= content_count {
+                        tokio::time::sleep(b.chunk_delay).await;
+                    }
+                    Some((Ok::<_, std::io::Error>(Bytes::from(format!("data: {ev}\n\n"))), (it, guard, false)))
+                }
+                None => {
+                    guard.done = true;
+                    Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), (it, guard, true)))
+                }
+            }
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}

@@ -1,0 +1,215 @@
+//! The test harness: [`TestApp`] serves the real `app()` on a random port, against the echo
+//! provider or a [`FakeOpenAi`] upstream, and talks HTTP to it.
+#![allow(dead_code, reason = "each test crate uses a different part of the harness")]
+
+pub mod fake_openai;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use agent_api::config::ProviderKind;
+use agent_api::{AppState, Config};
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+pub use fake_openai::{Behaviour, FakeOpenAi};
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub state: AppState,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<oneshot::Receiver<()>>,
+}
+
+/// A config pointing at the fake upstream.
+pub fn config_for(fake: &FakeOpenAi) -> Config {
+    let mut c = Config::for_tests();
+    c.provider = ProviderKind::OpenAi;
+    c.openai_base_url = fake.url.clone();
+    c.openai_api_key = Some(agent_api::config::Secret::new("sk-test-secret-key"));
+    c
+}
+
+impl TestApp {
+    /// The echo provider, test defaults, then `f`.
+    pub async fn echo(f: impl FnOnce(&mut Config)) -> Self {
+        let mut c = Config::for_tests();
+        f(&mut c);
+        Self::spawn(c).await
+    }
+
+    /// The fake upstream, test defaults, then `f`.
+    pub async fn with_fake(fake: &FakeOpenAi, f: impl FnOnce(&mut Config)) -> Self {
+        let mut c = config_for(fake);
+        f(&mut c);
+        Self::spawn(c).await
+    }
+
+    pub async fn spawn(config: Config) -> Self {
+        let state = AppState::build(config).expect("state");
+        let listener = agent_api::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let serve_state = state.clone();
+        #[expect(clippy::disallowed_methods, reason = "the test server runs beside the test")]
+        tokio::spawn(async move {
+            let _ = agent_api::serve(listener, serve_state, async move {
+                let _ = stop_rx.await;
+            })
+            .await;
+            let _ = done_tx.send(());
+        });
+        Self {
+            addr,
+            url: format!("http://{addr}"),
+            state,
+            client: client(),
+            stop: Some(stop_tx),
+            done: Some(done_rx),
+        }
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let res = self
+            .client
+            .post(format!("{}{}", self.url, path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let res = self
+            .client
+            .post(format!("{}{}", self.url, path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let res = self
+            .client
+            .get(format!("{}{}", self.url, path))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let res = self
+            .client
+            .delete(format!("{}{}", self.url, path))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls a task until it is final (or fails the test after `secs`).
+    pub async fn wait_task(&self, id: &str, secs: u64) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let (status, body) = self.get(&format!("/task/{id}")).await;
+            assert_eq!(status, 200, "{body}");
+            let s = body["status"].as_str().unwrap().to_owned();
+            if ["completed", "failed", "cancelled"].contains(&s.as_str()) {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "task {id} still {s} after {secs}s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the server and waits until `serve` returned.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(done) = self.done.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), done).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// An HTTP client for tests (with the TLS provider installed that reqwest needs).
+pub fn client() -> reqwest::Client {
+    agent_api::llm::openai::install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// One parsed SSE event.
+#[derive(Debug, Clone, Default)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub id: Option<String>,
+    pub data: String,
+    /// Comment lines seen before this event (keep-alives).
+    pub comments: usize,
+}
+
+/// Reads an SSE body into events, with the time each arrived (since the call).
+pub async fn read_sse(res: reqwest::Response) -> Vec<(Duration, SseEvent)> {
+    let started = tokio::time::Instant::now();
+    let mut out = Vec::new();
+    let mut buf = String::new();
+    let mut current = SseEvent::default();
+    let mut body = res.bytes_stream();
+    while let Some(Ok(bytes)) = body.next().await {
+        buf.push_str(&String::from_utf8_lossy(&bytes));
+        while let Some(pos) = buf.find('\n') {
+            let line = buf[..pos].trim_end_matches('\r').to_owned();
+            buf.drain(..=pos);
+            if line.is_empty() {
+                if !current.data.is_empty() || current.event.is_some() {
+                    out.push((started.elapsed(), std::mem::take(&mut current)));
+                }
+            } else if let Some(c) = line.strip_prefix(':') {
+                let _ = c;
+                current.comments += 1;
+            } else if let Some(v) = line.strip_prefix("data:") {
+                if !current.data.is_empty() {
+                    current.data.push('\n');
+                }
+                current.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+            } else if let Some(v) = line.strip_prefix("event:") {
+                current.event = Some(v.trim().to_owned());
+            } else if let Some(v) = line.strip_prefix("id:") {
+                current.id = Some(v.trim().to_owned());
+            }
+        }
+    }
+    out
+}

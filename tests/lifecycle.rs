@@ -1,0 +1,108 @@
+//! The real binary: start-up refusal, and SIGTERM during an in-flight request.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Behaviour, FakeOpenAi};
+use serde_json::json;
+
+fn binary() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent-api"));
+    // Start from a clean environment so that the developer's own settings do not leak in.
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir(std::env::temp_dir());
+    cmd
+}
+
+/// Starts the binary and returns it with the address it printed.
+fn start(envs: &[(&str, &str)]) -> (std::process::Child, String) {
+    let mut child = binary()
+        .envs(envs.iter().copied())
+        .env("PORT", "0")
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines.next().expect("server exited before listening").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).expect("every log line is JSON");
+        if let Some(rest) = v["message"].as_str().and_then(|m| m.strip_prefix("listening on ")) {
+            break rest.to_owned();
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+#[test]
+fn refuses_to_listen_openly_without_keys() {
+    let out = binary()
+        .env("HOST", "0.0.0.0")
+        .env("PORT", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("API_KEYS") && err.contains("ALLOW_NO_AUTH"), "{err}");
+
+    let out = binary().env("UPSTREAM_TIMEOUT_SECS", "soon").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UPSTREAM_TIMEOUT_SECS"));
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_request_in_flight_finish() {
+    let fake = FakeOpenAi::start_with(Behaviour {
+        delay: Duration::from_millis(1500),
+        ..Default::default()
+    })
+    .await;
+    let (mut child, url) = start(&[
+        ("OPENAI_BASE_URL", &fake.url),
+        ("OPENAI_API_KEY", "sk-test"),
+    ]);
+    let client = common::client();
+    let pending = {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            client
+                .post(format!("{url}/chat"))
+                .json(&json!({"message": "slow one"}))
+                .send()
+                .await
+        }
+    };
+    #[expect(clippy::disallowed_methods, reason = "the request runs beside the signal")]
+    let requester = tokio::task::spawn(pending);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let res = requester.await.unwrap().expect("the in-flight request is answered");
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["response"], "Hello from the fake upstream");
+    // New connections are refused while it drains or after it stopped.
+    let status = tokio::task::spawn_blocking(move || {
+        for _ in 0..100 {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("the server did not exit within 5s of SIGTERM");
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(client.get(format!("{url}/health")).send().await.is_err());
+}
