@@ -1,4 +1,5 @@
 //! `POST /chat` and conversations against the fake upstream.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 mod common;
 
@@ -16,7 +17,10 @@ async fn chat_answers_with_the_contract_shape() {
     let obj = body.as_object().unwrap();
     let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
     keys.sort();
-    assert_eq!(keys, ["conversation_id", "response", "timestamp", "tokens_used"]);
+    assert_eq!(
+        keys,
+        ["conversation_id", "response", "timestamp", "tokens_used"]
+    );
     assert_eq!(body["response"], "Hello from the fake upstream");
     assert_eq!(body["tokens_used"], 18);
     assert!(
@@ -78,7 +82,10 @@ async fn whole_history_and_settings_reach_the_upstream() {
     assert_eq!(conv["conversation_id"], "my-conv_1");
     assert_eq!(conv["message_count"], 5);
     assert_eq!(conv["messages"].as_array().unwrap().len(), 5);
-    assert_eq!(conv["messages"][0], json!({"role": "system", "content": "Be brief."}));
+    assert_eq!(
+        conv["messages"][0],
+        json!({"role": "system", "content": "Be brief."})
+    );
 }
 
 #[tokio::test]
@@ -123,10 +130,16 @@ async fn validation_errors_are_fastapi_422s() {
         (json!({"message": "hi", "max_tokens": 0}), "max_tokens"),
         (json!({"message": "hi", "max_tokens": 5000}), "max_tokens"),
         (json!({"message": 42}), "message"),
-        (json!({"message": "hi", "temperature": "warm"}), "temperature"),
+        (
+            json!({"message": "hi", "temperature": "warm"}),
+            "temperature",
+        ),
         (json!({"message": "hi", "max_tokens": 1.5}), "max_tokens"),
         (json!({"temperature": 1}), "message"),
-        (json!({"message": "hi", "conversation_id": "no spaces"}), "conversation_id"),
+        (
+            json!({"message": "hi", "conversation_id": "no spaces"}),
+            "conversation_id",
+        ),
     ];
     for (body, field) in cases {
         let (status, res) = app.post("/chat", body.clone()).await;
@@ -141,7 +154,10 @@ async fn validation_errors_are_fastapi_422s() {
         assert_eq!(status, 422, "{raw:?} -> {res}");
         assert!(res["detail"].is_array(), "{res}");
     }
-    assert!(fake.requests().is_empty(), "nothing invalid reaches the upstream");
+    assert!(
+        fake.requests().is_empty(),
+        "nothing invalid reaches the upstream"
+    );
 }
 
 #[tokio::test]
@@ -166,7 +182,10 @@ async fn upstream_500_is_502_and_leaves_no_dangling_message() {
     assert_eq!(s, 200);
     fake.set(|b| b.status = 500);
     let (status, body) = app
-        .post("/chat", json!({"message": "second", "conversation_id": "c"}))
+        .post(
+            "/chat",
+            json!({"message": "second", "conversation_id": "c"}),
+        )
         .await;
     assert_eq!(status, 502, "{body}");
     let detail = body["detail"].as_str().unwrap();
@@ -231,14 +250,20 @@ async fn concurrent_turns_on_one_conversation_are_serialized() {
     .await;
     let app = TestApp::with_fake(&fake, |_| {}).await;
     let (s, _) = app
-        .post("/chat", json!({"message": "start", "conversation_id": "busy"}))
+        .post(
+            "/chat",
+            json!({"message": "start", "conversation_id": "busy"}),
+        )
         .await;
     assert_eq!(s, 200);
     let calls = (0..20).map(|i| {
         let app = &app;
         async move {
-            app.post("/chat", json!({"message": format!("m{i}"), "conversation_id": "busy"}))
-                .await
+            app.post(
+                "/chat",
+                json!({"message": format!("m{i}"), "conversation_id": "busy"}),
+            )
+            .await
         }
     });
     let results = futures::future::join_all(calls).await;

@@ -1,4 +1,5 @@
 //! The real binary: start-up refusal, and SIGTERM during an in-flight request.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 mod common;
 
@@ -31,9 +32,15 @@ fn start(envs: &[(&str, &str)]) -> (std::process::Child, String) {
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let addr = loop {
-        let line = lines.next().expect("server exited before listening").unwrap();
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).expect("every log line is JSON");
-        if let Some(rest) = v["message"].as_str().and_then(|m| m.strip_prefix("listening on ")) {
+        if let Some(rest) = v["message"]
+            .as_str()
+            .and_then(|m| m.strip_prefix("listening on "))
+        {
             break rest.to_owned();
         }
     };
@@ -51,9 +58,15 @@ fn refuses_to_listen_openly_without_keys() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("API_KEYS") && err.contains("ALLOW_NO_AUTH"), "{err}");
+    assert!(
+        err.contains("API_KEYS") && err.contains("ALLOW_NO_AUTH"),
+        "{err}"
+    );
 
-    let out = binary().env("UPSTREAM_TIMEOUT_SECS", "soon").output().unwrap();
+    let out = binary()
+        .env("UPSTREAM_TIMEOUT_SECS", "soon")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("UPSTREAM_TIMEOUT_SECS"));
 }
@@ -81,12 +94,24 @@ async fn sigterm_lets_the_request_in_flight_finish() {
                 .await
         }
     };
-    #[expect(clippy::disallowed_methods, reason = "the request runs beside the signal")]
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the request runs beside the signal"
+    )]
     let requester = tokio::task::spawn(pending);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let res = requester.await.unwrap().expect("the in-flight request is answered");
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let res = requester
+        .await
+        .unwrap()
+        .expect("the in-flight request is answered");
     assert_eq!(res.status(), 200);
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["response"], "Hello from the fake upstream");

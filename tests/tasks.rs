@@ -1,4 +1,5 @@
 //! Background tasks: `POST /task`, `GET`/`DELETE /task/{id}`, `GET /tasks`.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 mod common;
 
@@ -12,12 +13,23 @@ async fn task_runs_to_completed_with_the_contract_shape() {
     let fake = FakeOpenAi::start().await;
     let app = TestApp::with_fake(&fake, |_| {}).await;
     let (status, body) = app
-        .post("/task", json!({"prompt": "Summarize the plan", "task_type": "summary"}))
+        .post(
+            "/task",
+            json!({"prompt": "Summarize the plan", "task_type": "summary"}),
+        )
         .await;
     assert_eq!(status, 202, "{body}");
-    let mut keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     keys.sort();
-    assert_eq!(keys, ["completed_at", "created_at", "result", "status", "task_id"]);
+    assert_eq!(
+        keys,
+        ["completed_at", "created_at", "result", "status", "task_id"]
+    );
     assert_eq!(body["status"], "pending");
     assert_eq!(body["result"], json!(null));
     assert_eq!(body["completed_at"], json!(null));
@@ -28,7 +40,12 @@ async fn task_runs_to_completed_with_the_contract_shape() {
     assert!(done["completed_at"].is_string());
     let sent = &fake.requests()[0];
     assert_eq!(sent["model"], "gpt-4o", "tasks use TASK_MODEL");
-    assert!(sent["messages"][0]["content"].as_str().unwrap().contains("summary"));
+    assert!(
+        sent["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("summary")
+    );
     assert_eq!(sent["messages"][1]["content"], "Summarize the plan");
 
     let (status, list) = app.get("/tasks").await;
@@ -94,7 +111,10 @@ async fn fifty_tasks_at_once_all_finish() {
     .await;
     let submits = (0..50).map(|i| {
         let app = &app;
-        async move { app.post("/task", json!({"prompt": format!("job {i}")})).await }
+        async move {
+            app.post("/task", json!({"prompt": format!("job {i}")}))
+                .await
+        }
     });
     let created = futures::future::join_all(submits).await;
     assert!(created.iter().all(|(s, _)| *s == 202));

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
+use async_openai::middleware::ReqwestService;
 use async_trait::async_trait;
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -50,7 +51,11 @@ impl OpenAiProvider {
             .with_api_base(base_url)
             .with_api_key(api_key.map(Secret::expose).unwrap_or("none"));
         Self {
-            client: Client::with_config(config).with_http_client(http),
+            // No retry layer: async-openai's default retries 429 and 5xx with backoff, which
+            // in a gateway multiplies upstream cost and hides the upstream's answer from the
+            // caller, who can retry (429 answers carry Retry-After).
+            client: Client::build(http.clone(), config)
+                .with_http_service(ReqwestService::new(http)),
             timeout,
             key: api_key.cloned(),
             ready_at: Mutex::new(None),

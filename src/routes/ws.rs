@@ -161,13 +161,15 @@ impl Session {
                 }
                 incoming = rx.next() => {
                     let Some(Ok(msg)) = incoming else { break };
-                    last_seen = Instant::now();
                     let data = match msg {
                         Message::Text(t) => t.as_str().to_owned(),
                         Message::Binary(b) => String::from_utf8_lossy(&b).into_owned(),
                         Message::Close(_) => break,
+                        // Pongs answer our pings; they say the peer is there, not that it is
+                        // using the socket, so they do not reset the idle timer.
                         Message::Ping(_) | Message::Pong(_) => continue,
                     };
+                    last_seen = Instant::now();
                     let answer = self.handle(&data, &mut reply, &conversation);
                     if let Some(answer) = answer
                         && tx.send(text(&answer)).await.is_err()

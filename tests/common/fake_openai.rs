@@ -90,7 +90,10 @@ impl FakeOpenAi {
             .with_state(Arc::clone(&shared));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
-        #[expect(clippy::disallowed_methods, reason = "the fake server is test scaffolding")]
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the fake server is test scaffolding"
+        )]
         tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
@@ -162,9 +165,8 @@ async fn completions(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
-    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::String(
-        String::from_utf8_lossy(&body).into_owned(),
-    ));
+    let req: Value = serde_json::from_slice(&body)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&body).into_owned()));
     shared.requests.lock().unwrap().push(req.clone());
     if let Some(a) = headers.get(header::AUTHORIZATION) {
         shared
@@ -189,7 +191,8 @@ async fn completions(
             .into_response();
     }
     let model = req["model"].as_str().unwrap_or("unknown").to_owned();
-    let usage = json!({"prompt_tokens": USAGE.0, "completion_tokens": USAGE.1, "total_tokens": USAGE.2});
+    let usage =
+        json!({"prompt_tokens": USAGE.0, "completion_tokens": USAGE.1, "total_tokens": USAGE.2});
     if req["stream"] != json!(true) {
         let mut completion = json!({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 1_700_000_000,
@@ -203,7 +206,11 @@ async fn completions(
         return Json(completion).into_response();
     }
     let include_usage = b.usage && req["stream_options"]["include_usage"] == json!(true);
-    let mut events: Vec<Value> = vec![chunk(&model, json!({"role": "assistant", "content": ""}), None)];
+    let mut events: Vec<Value> = vec![chunk(
+        &model,
+        json!({"role": "assistant", "content": ""}),
+        None,
+    )];
     let pieces = split_words(&b.content, b.chunks);
     let content_count = pieces.len();
     for p in pieces {
@@ -233,7 +240,10 @@ async fn completions(
                     if cut == Some(i) {
                         guard.done = true;
                         if b.abort {
-                            return Some((Err(std::io::Error::other("fake upstream breaks the connection")), (it, guard, true)));
+                            return Some((
+                                Err(std::io::Error::other("fake upstream breaks the connection")),
+                                (it, guard, true),
+                            ));
                         }
                         return None;
                     }
@@ -242,11 +252,17 @@ async fn completions(
                     } else if i > 1 && i <= content_count {
                         tokio::time::sleep(b.chunk_delay).await;
                     }
-                    Some((Ok::<_, std::io::Error>(Bytes::from(format!("data: {ev}\n\n"))), (it, guard, false)))
+                    Some((
+                        Ok::<_, std::io::Error>(Bytes::from(format!("data: {ev}\n\n"))),
+                        (it, guard, false),
+                    ))
                 }
                 None => {
                     guard.done = true;
-                    Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), (it, guard, true)))
+                    Some((
+                        Ok(Bytes::from_static(b"data: [DONE]\n\n")),
+                        (it, guard, true),
+                    ))
                 }
             }
         }

@@ -1,6 +1,9 @@
 //! The test harness: [`TestApp`] serves the real `app()` on a random port, against the echo
 //! provider or a [`FakeOpenAi`] upstream, and talks HTTP to it.
-#![allow(dead_code, reason = "each test crate uses a different part of the harness")]
+#![allow(
+    dead_code,
+    reason = "each test crate uses a different part of the harness"
+)]
 
 pub mod fake_openai;
 
@@ -55,7 +58,10 @@ impl TestApp {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (done_tx, done_rx) = oneshot::channel::<()>();
         let serve_state = state.clone();
-        #[expect(clippy::disallowed_methods, reason = "the test server runs beside the test")]
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the test server runs beside the test"
+        )]
         tokio::spawn(async move {
             let _ = agent_api::serve(listener, serve_state, async move {
                 let _ = stop_rx.await;
