@@ -149,9 +149,18 @@ impl ApiError {
 
     /// The response in OpenAI's shape, for `/v1/*`. Validation is 400 there, as OpenAI answers.
     pub fn into_openai_response(self) -> Response {
-        let status = match self.status() {
-            StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
-            s => s,
+        let status = match (&self, self.status()) {
+            (_, StatusCode::UNPROCESSABLE_ENTITY) => StatusCode::BAD_REQUEST,
+            // The upstream refused the request itself (unknown model, bad tool schema): that is
+            // the caller's to fix, so OpenAI clients get it as their own 400.
+            (
+                Self::Upstream(LlmError::Status {
+                    status: 400 | 404 | 422,
+                    ..
+                }),
+                _,
+            ) => StatusCode::BAD_REQUEST,
+            (_, s) => s,
         };
         let kind = match status.as_u16() {
             400 | 404 | 413 | 422 => "invalid_request_error",

@@ -3,6 +3,7 @@
 pub mod chat;
 pub mod conversations;
 pub mod health;
+pub mod openai;
 pub mod page;
 pub mod stream;
 pub mod tasks;
@@ -38,6 +39,8 @@ pub fn router() -> Router<AppState> {
             get(tasks::get_task).delete(tasks::cancel_task),
         )
         .route("/ws/{client_id}", get(ws::connect))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(openai::list_models))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }

@@ -1,0 +1,155 @@
+//! The OpenAI-compatible surface: `POST /v1/chat/completions` (stream and not) and
+//! `GET /v1/models`, so that OpenAI SDKs and the tools built on them work with `base_url`
+//! pointed here. Errors are in OpenAI's shape. Fields this server does not use itself pass
+//! through to the upstream unchanged.
+
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use serde_json::{Map, Value, json};
+
+use crate::error::{ApiError, FieldError, OpenAiError};
+use crate::extract::AppJson;
+use crate::llm::{ChatRequest, ChunkStream};
+use crate::state::AppState;
+
+/// Checks the fields this server relies on, fills in the model, and leaves the rest alone.
+fn validate(
+    mut body: Map<String, Value>,
+    default_model: &str,
+) -> Result<(ChatRequest, bool, bool), ApiError> {
+    let mut errors = Vec::new();
+    let mut err =
+        |field: &str, msg: &str| errors.push(FieldError::body(field, msg, "invalid_value"));
+    match body.get("messages").and_then(Value::as_array) {
+        Some(m) if !m.is_empty() => {
+            if !m
+                .iter()
+                .all(|msg| msg.get("role").and_then(Value::as_str).is_some())
+            {
+                err("messages", "every message needs a string `role`");
+            }
+        }
+        _ => err("messages", "`messages` must be a non-empty array"),
+    }
+    match body.get("model") {
+        None | Some(Value::Null) => {
+            body.insert("model".into(), Value::from(default_model));
+        }
+        Some(Value::String(m)) if !m.trim().is_empty() => {}
+        Some(_) => err("model", "`model` must be a non-empty string"),
+    }
+    if let Some(t) = body.get("temperature").filter(|v| !v.is_null()) {
+        if !t.as_f64().is_some_and(|t| (0.0..=2.0).contains(&t)) {
+            err("temperature", "`temperature` must be a number from 0 to 2");
+        }
+    }
+    for field in ["max_tokens", "max_completion_tokens"] {
+        if let Some(n) = body.get(field).filter(|v| !v.is_null())
+            && !n.as_i64().is_some_and(|n| n >= 1)
+        {
+            err(field, "must be a positive integer");
+        }
+    }
+    let stream = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            err("stream", "`stream` must be a boolean");
+            false
+        }
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let wants_usage = body
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    Ok((ChatRequest { body }, stream, wants_usage))
+}
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    body: Result<AppJson<Value>, ApiError>,
+) -> Result<Response, OpenAiError> {
+    let AppJson(body) = body?;
+    let Value::Object(body) = body else {
+        return Err(ApiError::Validation(vec![FieldError {
+            loc: vec![json!("body")],
+            msg: "the body must be a JSON object".into(),
+            kind: "invalid_value".into(),
+        }])
+        .into());
+    };
+    let (request, stream, wants_usage) = validate(body, &state.config.chat_model)?;
+    if !stream {
+        let completion = state.llm.complete(request).await.map_err(ApiError::from)?;
+        return Ok(Json(completion.raw).into_response());
+    }
+    let chunks = state.llm.stream(request).await.map_err(ApiError::from)?;
+    let keep_alive = KeepAlive::new()
+        .interval(state.config.sse_keepalive)
+        .text("keep-alive");
+    let mut res = Sse::new(openai_events(chunks, wants_usage))
+        .keep_alive(keep_alive)
+        .into_response();
+    res.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(res)
+}
+
+/// Upstream chunks as OpenAI's SSE: each chunk as it came, then `data: [DONE]`. The usage-only
+/// chunk is dropped unless the client asked for it. An error ends the stream with one
+/// `event: error` frame carrying OpenAI's error object (the SDKs raise it), and no `[DONE]`.
+fn openai_events(
+    chunks: ChunkStream,
+    wants_usage: bool,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    futures::stream::unfold(Some(chunks), move |state| async move {
+        let mut chunks = state?;
+        loop {
+            match chunks.next().await {
+                Some(Ok(chunk)) => {
+                    let usage_only = chunk
+                        .raw
+                        .get("choices")
+                        .and_then(Value::as_array)
+                        .is_some_and(Vec::is_empty);
+                    if usage_only && !wants_usage {
+                        continue;
+                    }
+                    let event = Event::default().data(chunk.raw.to_string());
+                    return Some((Ok(event), Some(chunks)));
+                }
+                Some(Err(e)) => {
+                    let err = ApiError::from(e);
+                    let body = json!({"error": {"message": err.message(), "type": "api_error",
+                        "param": null, "code": err.code()}});
+                    let event = Event::default().event("error").data(body.to_string());
+                    return Some((Ok(event), None));
+                }
+                None => return Some((Ok(Event::default().data("[DONE]")), None)),
+            }
+        }
+    })
+}
+
+pub async fn list_models(State(state): State<AppState>) -> Json<Value> {
+    let created = chrono::Utc::now().timestamp() - state.started.elapsed().as_secs() as i64;
+    let data: Vec<Value> = state
+        .config
+        .models
+        .iter()
+        .map(|id| json!({"id": id, "object": "model", "created": created, "owned_by": "agent-api"}))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}

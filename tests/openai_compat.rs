@@ -1,0 +1,205 @@
+//! `/v1/chat/completions` and `/v1/models`, driven by async-openai as a client.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+mod common;
+
+use async_openai::Client;
+use async_openai::config::OpenAIConfig;
+use async_openai::types::chat::{
+    ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs,
+};
+use common::{Behaviour, FakeOpenAi, TestApp};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+fn client(app: &TestApp, key: &str) -> Client<OpenAIConfig> {
+    agent_api::llm::openai::install_crypto_provider();
+    Client::with_config(
+        OpenAIConfig::new()
+            .with_api_base(format!("{}/v1", app.url))
+            .with_api_key(key),
+    )
+}
+
+fn request(stream: bool) -> async_openai::types::chat::CreateChatCompletionRequest {
+    let mut b = CreateChatCompletionRequestArgs::default();
+    b.model("gpt-4o-mini")
+        .messages([ChatCompletionRequestUserMessageArgs::default()
+            .content("Say hello")
+            .build()
+            .unwrap()
+            .into()]);
+    if stream {
+        b.stream(true);
+    }
+    b.build().unwrap()
+}
+
+#[tokio::test]
+async fn sdk_non_stream_and_stream_and_models() {
+    let fake = FakeOpenAi::start().await;
+    let app = TestApp::with_fake(&fake, |c| {
+        c.api_keys =
+            agent_api::config::parse_api_keys(&["alice=k-alice".into()], "API_KEYS").unwrap();
+        c.models = vec!["gpt-4o-mini".into(), "gpt-4o".into()];
+    })
+    .await;
+    let oa = client(&app, "k-alice");
+
+    let done = oa.chat().create(request(false)).await.unwrap();
+    assert_eq!(
+        done.choices[0].message.content.as_deref(),
+        Some("Hello from the fake upstream")
+    );
+    assert_eq!(done.usage.unwrap().total_tokens, 18);
+
+    let mut stream = oa.chat().create_stream(request(true)).await.unwrap();
+    let mut text = String::new();
+    let mut chunks = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        chunks += 1;
+        if let Some(c) = chunk.choices.first().and_then(|c| c.delta.content.clone()) {
+            text.push_str(&c);
+        }
+    }
+    assert_eq!(text, "Hello from the fake upstream");
+    assert!(chunks >= 3);
+
+    let models = oa.models().list().await.unwrap();
+    let ids: Vec<String> = models.data.into_iter().map(|m| m.id).collect();
+    assert_eq!(ids, ["gpt-4o-mini", "gpt-4o"]);
+
+    let wrong = client(&app, "k-wrong");
+    let err = wrong.chat().create(request(false)).await.unwrap_err();
+    match err {
+        async_openai::error::OpenAIError::ApiError(e) => {
+            assert_eq!(e.status_code.as_u16(), 401);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn unknown_fields_pass_through_unchanged() {
+    let fake = FakeOpenAi::start().await;
+    let app = TestApp::with_fake(&fake, |_| {}).await;
+    let body = json!({
+        "model": "gpt-4o", "messages": [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "t1", "type": "function",
+                "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "t1", "content": "42"}
+        ],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "tool_choice": "auto", "response_format": {"type": "json_object"},
+        "max_completion_tokens": 10, "seed": 7, "some_future_param": {"x": [1, 2]}
+    });
+    let (status, res) = app.post("/v1/chat/completions", body.clone()).await;
+    assert_eq!(status, 200, "{res}");
+    assert_eq!(res["object"], "chat.completion");
+    assert_eq!(
+        res["id"], "chatcmpl-fake",
+        "the upstream's completion is returned as it is"
+    );
+    let mut sent = fake.requests()[0].clone();
+    assert_eq!(sent["stream"], false);
+    sent.as_object_mut().unwrap().remove("stream");
+    assert_eq!(sent, body);
+}
+
+#[tokio::test]
+async fn stream_ends_with_done_and_hides_usage_unless_asked() {
+    let fake = FakeOpenAi::start().await;
+    let app = TestApp::with_fake(&fake, |_| {}).await;
+    for (ask, want_usage) in [(json!(null), false), (json!({"include_usage": true}), true)] {
+        let mut body =
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true});
+        if !ask.is_null() {
+            body["stream_options"] = ask;
+        }
+        let res = app
+            .client
+            .post(format!("{}/v1/chat/completions", app.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let events = common::read_sse(res).await;
+        assert_eq!(events.last().unwrap().1.data, "[DONE]");
+        let chunks: Vec<Value> = events[..events.len() - 1]
+            .iter()
+            .map(|(_, e)| serde_json::from_str(&e.data).unwrap())
+            .collect();
+        assert!(
+            chunks
+                .iter()
+                .all(|c| c["object"] == "chat.completion.chunk")
+        );
+        let has_usage = chunks.iter().any(|c| c["usage"].is_object());
+        assert_eq!(has_usage, want_usage);
+    }
+}
+
+#[tokio::test]
+async fn errors_are_in_openai_shape() {
+    let fake = FakeOpenAi::start_with(Behaviour {
+        status: 500,
+        ..Default::default()
+    })
+    .await;
+    let app = TestApp::with_fake(&fake, |_| {}).await;
+    let ok_body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    let (status, res) = app.post("/v1/chat/completions", ok_body.clone()).await;
+    assert_eq!(status, 502, "{res}");
+    assert!(res["error"]["message"].is_string());
+    assert!(res["error"]["type"].is_string());
+    assert!(res["error"].get("param").is_some() && res["error"].get("code").is_some());
+
+    for bad in [
+        json!({"model": "m"}),
+        json!({"messages": [], "model": "m"}),
+        json!({"messages": [{"role": "user", "content": "x"}], "temperature": 3}),
+    ] {
+        let (status, res) = app.post("/v1/chat/completions", bad.clone()).await;
+        assert_eq!(status, 400, "{bad}: {res}");
+        assert_eq!(res["error"]["type"], "invalid_request_error");
+    }
+    let (status, res) = app.post_raw("/v1/chat/completions", "{oops").await;
+    assert_eq!(status, 400, "{res}");
+    assert!(res["error"]["message"].is_string());
+
+    fake.set(|b| b.status = 404);
+    let (status, res) = app.post("/v1/chat/completions", ok_body).await;
+    assert_eq!(status, 400, "an upstream refusal is the caller's: {res}");
+
+    let (status, res) = app.get("/v1/nothing").await;
+    assert_eq!(status, 404);
+    assert!(res["error"].is_object());
+}
+
+#[tokio::test]
+async fn echo_serves_the_openai_routes_too() {
+    let app = TestApp::echo(|_| {}).await;
+    let oa = client(&app, "unused");
+    let done = oa.chat().create(request(false)).await.unwrap();
+    assert_eq!(
+        done.choices[0].message.content.as_deref(),
+        Some("Echo: Say hello")
+    );
+    let mut stream = oa.chat().create_stream(request(true)).await.unwrap();
+    let mut text = String::new();
+    while let Some(chunk) = stream.next().await {
+        if let Some(c) = chunk
+            .unwrap()
+            .choices
+            .first()
+            .and_then(|c| c.delta.content.clone())
+        {
+            text.push_str(&c);
+        }
+    }
+    assert_eq!(text, "Echo: Say hello");
+}
