@@ -51,7 +51,7 @@ fn validate(
     }
     for field in ["max_tokens", "max_completion_tokens"] {
         if let Some(n) = body.get(field).filter(|v| !v.is_null())
-            && !n.as_i64().is_some_and(|n| n >= 1)
+            && n.as_i64().is_none_or(|n| n < 1)
         {
             err(field, "must be a positive integer");
         }
