@@ -131,3 +131,78 @@ async fn sigterm_lets_the_request_in_flight_finish() {
     assert!(status.success(), "exit status {status:?}");
     assert!(client.get(format!("{url}/health")).send().await.is_err());
 }
+
+#[tokio::test]
+async fn query_keys_never_reach_the_logs() {
+    let secret = "qk-very-secret-value";
+    let mut child = binary()
+        .env("PORT", "0")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "trace")
+        .env("API_KEYS", format!("web={secret}"))
+        .env("ECHO_DELAY_MS", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let addr = loop {
+        let line = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if let Some(rest) = v["message"]
+            .as_str()
+            .and_then(|m| m.strip_prefix("listening on "))
+        {
+            break rest.to_owned();
+        }
+    };
+    let client = common::client();
+    let res = client
+        .get(format!("{addr}/chat/stream?message=hi&api_key={secret}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let _ = res.text().await;
+    let res = client
+        .get(format!("{addr}/conversations?api_key={secret}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        401,
+        "a query key is accepted only where browsers need it"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let logs: Vec<String> = rx.try_iter().collect();
+    assert!(logs.len() > 3, "the server logged its requests");
+    for line in &logs {
+        assert!(!line.contains(secret), "secret in a log line: {line}");
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON: {line}"
+        );
+    }
+    let mut stderr = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!stderr.contains(secret));
+}

@@ -1,4 +1,7 @@
 //! Every path of the HTTP surface, in one place. Handlers live in the files named here.
+//!
+//! [`ROUTES`] is the list of what is mounted: `router()` mounts exactly these paths, so tests
+//! (auth, OpenAPI) that walk the list cannot miss a route.
 
 pub mod chat;
 pub mod conversations;
@@ -12,35 +15,69 @@ pub mod ws;
 use axum::Router;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 
 use crate::error::{ApiError, respond};
 use crate::state::AppState;
 
+/// A mounted path and the methods it answers.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub path: &'static str,
+    pub methods: &'static [&'static str],
+}
+
+const fn route(path: &'static str, methods: &'static [&'static str]) -> Route {
+    Route { path, methods }
+}
+
+/// Everything the server answers.
+pub const ROUTES: &[Route] = &[
+    route("/", &["GET"]),
+    route("/health", &["GET"]),
+    route("/ready", &["GET"]),
+    route("/chat", &["POST"]),
+    route("/chat/stream", &["GET", "POST"]),
+    route("/conversations", &["GET"]),
+    route("/conversation/{id}", &["GET", "DELETE"]),
+    route("/task", &["POST"]),
+    route("/tasks", &["GET"]),
+    route("/task/{task_id}", &["GET", "DELETE"]),
+    route("/ws/{client_id}", &["GET"]),
+    route("/v1/chat/completions", &["POST"]),
+    route("/v1/models", &["GET"]),
+];
+
+/// The handlers of one path.
+fn handlers(path: &str) -> MethodRouter<AppState> {
+    match path {
+        "/" => get(page::index),
+        "/health" => get(health::health),
+        "/ready" => get(health::ready),
+        "/chat" => post(chat::create_chat),
+        "/chat/stream" => post(stream::stream_chat).get(stream::stream_chat_get),
+        "/conversations" => get(conversations::list_conversations),
+        "/conversation/{id}" => {
+            get(conversations::get_conversation).delete(conversations::delete_conversation)
+        }
+        "/task" => post(tasks::create_task),
+        "/tasks" => get(tasks::list_tasks),
+        "/task/{task_id}" => get(tasks::get_task).delete(tasks::cancel_task),
+        "/ws/{client_id}" => get(ws::connect),
+        "/v1/chat/completions" => post(openai::chat_completions),
+        "/v1/models" => get(openai::list_models),
+        // A path in ROUTES without handlers answers 404 like an unknown one; the route table
+        // test catches it.
+        _ => get(not_found).post(not_found).delete(not_found),
+    }
+}
+
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(page::index))
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/chat", post(chat::create_chat))
-        .route(
-            "/chat/stream",
-            post(stream::stream_chat).get(stream::stream_chat_get),
-        )
-        .route("/conversations", get(conversations::list_conversations))
-        .route(
-            "/conversation/{id}",
-            get(conversations::get_conversation).delete(conversations::delete_conversation),
-        )
-        .route("/task", post(tasks::create_task))
-        .route("/tasks", get(tasks::list_tasks))
-        .route(
-            "/task/{task_id}",
-            get(tasks::get_task).delete(tasks::cancel_task),
-        )
-        .route("/ws/{client_id}", get(ws::connect))
-        .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/v1/models", get(openai::list_models))
+    ROUTES
+        .iter()
+        .fold(Router::new(), |r, route| {
+            r.route(route.path, handlers(route.path))
+        })
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }

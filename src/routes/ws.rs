@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade, close_code};
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -66,7 +67,7 @@ impl SocketRegistry {
 }
 
 pub async fn connect(
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     State(state): State<AppState>,
     caller: Caller,
     ip: Option<axum::Extension<ClientIp>>,
@@ -80,6 +81,14 @@ pub async fn connect(
         }])
         .into_response();
     }
+    // A plain GET (no upgrade headers) gets a JSON error, like every other bad request.
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            let body = json!({"detail": rejection.body_text()});
+            return (rejection.status(), axum::Json(body)).into_response();
+        }
+    };
     let ip = ip.map(|e| e.0.0).unwrap_or(IpAddr::from([127, 0, 0, 1]));
     // Frames up to 4x the message limit are read (and refused politely); beyond that the
     // connection is dropped, so that memory per socket stays bounded.

@@ -16,6 +16,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+#[allow(unused_imports, reason = "not every test crate uses both")]
 pub use fake_openai::{Behaviour, FakeOpenAi};
 
 pub struct TestApp {
