@@ -15,8 +15,10 @@ use crate::llm::LlmError;
 use crate::store::StoreError;
 
 /// One entry of a 422 body, as FastAPI writes it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
+    /// Where: `body` or `query`, then the field (FastAPI's `loc`).
+    #[schema(value_type = Vec<Object>)]
     pub loc: Vec<Value>,
     pub msg: String,
     #[serde(rename = "type")]

@@ -6,13 +6,17 @@
 //! - [`agent`]: the domain (a chat turn, background tasks), free of HTTP.
 //! - [`llm`]: the model providers (`openai`, `echo`); [`store`]: conversations and tasks.
 //! - [`error`]: the one error type and its HTTP mapping; [`extract`]: FastAPI-style body parsing.
+//! - [`metrics`]: Prometheus metrics and the request/upstream timing layer.
+//! - [`openapi`]: the OpenAPI document and the offline `/docs`.
 
 pub mod agent;
 pub mod config;
 pub mod error;
 pub mod extract;
 pub mod llm;
+pub mod metrics;
 pub mod middleware;
+pub mod openapi;
 pub mod routes;
 pub mod state;
 pub mod store;

@@ -10,6 +10,7 @@ use crate::agent::TaskRunner;
 use crate::agent::runner::RunnerLimits;
 use crate::config::{Config, ProviderKind, StoreKind};
 use crate::llm::{EchoProvider, LlmProvider, OpenAiProvider};
+use crate::metrics::{MeteredProvider, Metrics};
 use crate::middleware::auth::KeyRing;
 use crate::middleware::rate_limit::RateLimiter;
 use crate::routes::ws::SocketRegistry;
@@ -37,6 +38,9 @@ pub struct AppState {
     pub sockets: Arc<SocketRegistry>,
     /// Cancelled when shutdown begins: WebSockets close with 1001 on it. `serve` cancels it.
     pub closing: CancellationToken,
+    /// Prometheus metrics; the metrics layer, the provider wrapper, the runner and the
+    /// streaming routes write to it, `/metrics` reads it.
+    pub metrics: Arc<Metrics>,
     /// For `/health`'s uptime.
     pub started: Instant,
 }
@@ -72,7 +76,11 @@ impl AppStateBuilder {
 
     pub fn build(self) -> Result<AppState, BuildError> {
         let config = self.config;
-        let llm = self.llm.unwrap_or_else(|| provider_for(&config));
+        let metrics = Arc::new(Metrics::new());
+        let llm: Arc<dyn LlmProvider> = Arc::new(MeteredProvider::new(
+            self.llm.unwrap_or_else(|| provider_for(&config)),
+            Arc::clone(&metrics),
+        ));
         if let StoreKind::Redis(url) = &config.store {
             return Err(BuildError::StoreUnsupported(url.clone()));
         }
@@ -86,6 +94,7 @@ impl AppStateBuilder {
         let runner = TaskRunner::new(
             Arc::clone(&llm),
             Arc::clone(&tasks),
+            Arc::clone(&metrics),
             RunnerLimits {
                 concurrency: config.task_concurrency,
                 queue_size: config.task_queue_size,
@@ -102,6 +111,7 @@ impl AppStateBuilder {
             runner,
             sockets: Arc::new(SocketRegistry::default()),
             closing: CancellationToken::new(),
+            metrics,
             started: Instant::now(),
         };
         state.start_janitor();

@@ -23,6 +23,7 @@ fn concrete(path: &str) -> String {
     path.replace("{id}", "some-id")
         .replace("{task_id}", "some-task")
         .replace("{client_id}", "some-client")
+        .replace("{*file}", "index.html")
 }
 
 enum Cred {

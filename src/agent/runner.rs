@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use super::AgentError;
 use crate::llm::{ChatRequest, LlmProvider, Message};
+use crate::metrics::{Metrics, StateLabels};
 use crate::store::{Task, TaskStatus, TaskStore};
 
 #[derive(Debug, Clone)]
@@ -33,6 +34,8 @@ pub struct TaskRunner {
 struct Inner {
     llm: Arc<dyn LlmProvider>,
     tasks: Arc<dyn TaskStore>,
+    /// Counts finished tasks by state.
+    metrics: Arc<Metrics>,
     limits: RunnerLimits,
     tracker: TaskTracker,
     slots: Arc<Semaphore>,
@@ -53,11 +56,17 @@ pub struct NewTask {
 }
 
 impl TaskRunner {
-    pub fn new(llm: Arc<dyn LlmProvider>, tasks: Arc<dyn TaskStore>, limits: RunnerLimits) -> Self {
+    pub fn new(
+        llm: Arc<dyn LlmProvider>,
+        tasks: Arc<dyn TaskStore>,
+        metrics: Arc<Metrics>,
+        limits: RunnerLimits,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 llm,
                 tasks,
+                metrics,
                 slots: Arc::new(Semaphore::new(limits.concurrency)),
                 limits,
                 tracker: TaskTracker::new(),
@@ -171,9 +180,22 @@ impl TaskRunner {
         };
         if let Some((status, result)) = outcome {
             let from = [TaskStatus::Pending, TaskStatus::Running];
-            if let Err(e) = inner.tasks.transition(&id, &from, status, result).await {
-                tracing::error!(task_id = %id, error = %e, "could not record the end of a task");
-            }
+            match inner.tasks.transition(&id, &from, status, result).await {
+                Ok(Some(_)) => {
+                    inner
+                        .metrics
+                        .tasks_finished
+                        .get_or_create(&StateLabels {
+                            state: status.as_str(),
+                        })
+                        .inc();
+                }
+                // Cancelled through DELETE meanwhile; counted there.
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(task_id = %id, error = %e, "could not record the end of a task")
+                }
+            };
         }
         inner.cancels.remove(&id);
     }
@@ -226,12 +248,25 @@ impl TaskRunner {
         if let Some(token) = inner.cancels.get(id) {
             token.cancel();
         }
+        if changed.is_some() {
+            inner
+                .metrics
+                .tasks_finished
+                .get_or_create(&StateLabels { state: "cancelled" })
+                .inc();
+        }
         Ok(Some(changed.unwrap_or(task)))
     }
 
     /// Tasks accepted and not yet finished.
     pub fn active(&self) -> usize {
         self.inner.cancels.len()
+    }
+
+    /// (waiting for a slot, running), for `/metrics`.
+    pub fn counts(&self) -> (usize, usize) {
+        let queued = self.inner.queued.load(Ordering::SeqCst);
+        (queued, self.active().saturating_sub(queued))
     }
 
     /// Stops accepting work and waits up to `grace` for what runs; then cancels the rest

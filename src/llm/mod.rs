@@ -20,7 +20,7 @@ pub use echo::EchoProvider;
 pub use openai::OpenAiProvider;
 
 /// One message of a conversation, as the tutorial routes store and send it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Message {
     pub role: String,
     pub content: String,

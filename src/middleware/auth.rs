@@ -157,7 +157,10 @@ pub async fn require_api_key(
             req.extensions_mut().insert(Caller { owner });
             next.run(req).await
         }
-        None => respond(ApiError::Unauthorized, &path),
+        None => {
+            state.metrics.auth_rejected.inc();
+            respond(ApiError::Unauthorized, &path)
+        }
     }
 }
 

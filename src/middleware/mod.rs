@@ -25,7 +25,7 @@ use crate::state::AppState;
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Wraps the router in every layer, outermost first:
-/// request id → access log (one span per request) → CORS → in-flight cap → timeout →
+/// request id → metrics → access log (one span per request) → CORS → in-flight cap → timeout →
 /// client IP → per-IP rate limit → API-key auth → body limit → router.
 pub fn apply(router: Router<AppState>, state: &AppState) -> Router {
     let in_flight = Arc::new(Semaphore::new(state.config.max_in_flight));
@@ -38,6 +38,7 @@ pub fn apply(router: Router<AppState>, state: &AppState) -> Router {
                     X_REQUEST_ID.clone(),
                     MakeRequestUuid,
                 ))
+                .layer(from_fn_with_state(state.clone(), crate::metrics::track))
                 .layer(from_fn(access_log))
                 .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
                 .layer(cors(state))

@@ -195,6 +195,7 @@ pub async fn limit_per_ip(State(state): State<AppState>, req: Request, next: Nex
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let decision = state.limiter.check(ip, None);
     if !decision.allowed {
+        state.metrics.rate_limited.inc();
         let mut res = respond(
             ApiError::RateLimited {
                 retry_after: decision.reset,

@@ -11,6 +11,8 @@ use crate::config::Config;
 use crate::error::{ApiError, FieldError};
 use crate::extract::AppJson;
 use crate::middleware::auth::Caller;
+#[allow(unused_imports, reason = "named in the OpenAPI annotations")]
+use crate::openapi::{DetailError, OpenAiErrorBody, ValidationError};
 use crate::state::AppState;
 
 pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful AI assistant.";
@@ -19,7 +21,7 @@ pub const DEFAULT_MAX_TOKENS: i64 = 1000;
 pub const MAX_TOKENS_LIMIT: i64 = 4000;
 
 /// The body of `POST /chat` and `POST /chat/stream` (and a WebSocket message).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 pub struct ChatInput {
     pub message: String,
     #[serde(default)]
@@ -37,7 +39,7 @@ pub struct ChatInput {
     pub model: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ChatResponse {
     pub response: String,
     pub conversation_id: String,
@@ -127,7 +129,7 @@ impl ChatInput {
 }
 
 /// The query of `GET /chat/stream`: the same fields, all as text.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 pub struct ChatQuery {
     pub message: String,
     pub conversation_id: Option<String>,
@@ -181,6 +183,16 @@ impl ChatQuery {
 }
 
 /// `POST /chat`: one turn, answered whole.
+#[utoipa::path(post, path = "/chat", tag = "chat", request_body = ChatInput,
+    responses((status = 200, body = ChatResponse),
+        (status = 404, description = "Conversation owned by another key", body = DetailError),
+        (status = 401, description = "Missing or unknown API key", body = DetailError),
+        (status = 413, description = "Body over the limit", body = DetailError),
+        (status = 422, description = "Invalid input", body = ValidationError),
+        (status = 429, description = "Rate limited (Retry-After set)", body = DetailError),
+        (status = 502, description = "The upstream failed", body = DetailError),
+        (status = 503, description = "Overloaded or store unavailable", body = DetailError),
+        (status = 504, description = "The upstream timed out", body = DetailError)), security(("api_key" = []), ("bearer" = [])))]
 pub async fn create_chat(
     State(state): State<AppState>,
     caller: Caller,

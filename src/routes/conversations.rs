@@ -10,16 +10,18 @@ use crate::error::ApiError;
 use crate::extract::AppQuery;
 use crate::llm::Message;
 use crate::middleware::auth::Caller;
+#[allow(unused_imports, reason = "named in the OpenAPI annotations")]
+use crate::openapi::{DetailError, OpenAiErrorBody, ValidationError};
 use crate::state::AppState;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConversationResponse {
     pub conversation_id: String,
     pub messages: Vec<Message>,
     pub message_count: usize,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConversationListItem {
     pub conversation_id: String,
     pub message_count: usize,
@@ -27,14 +29,14 @@ pub struct ConversationListItem {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConversationList {
     pub conversations: Vec<ConversationListItem>,
     pub count: usize,
 }
 
 /// `?limit=` of the list routes: 1..=1000, default 100.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ListQuery {
     pub limit: Option<String>,
 }
@@ -55,6 +57,9 @@ impl ListQuery {
     }
 }
 
+#[utoipa::path(get, path = "/conversation/{id}", tag = "conversations", params(("id" = String, Path)),
+    responses((status = 200, body = ConversationResponse), (status = 404, body = DetailError),
+        (status = 401, body = DetailError), (status = 429, body = DetailError)), security(("api_key" = []), ("bearer" = [])))]
 pub async fn get_conversation(
     State(state): State<AppState>,
     caller: Caller,
@@ -74,6 +79,9 @@ pub async fn get_conversation(
     }))
 }
 
+#[utoipa::path(delete, path = "/conversation/{id}", tag = "conversations", params(("id" = String, Path)),
+    responses((status = 200, description = "`{\"status\": \"deleted\"}`", body = Object), (status = 404, body = DetailError),
+        (status = 401, body = DetailError), (status = 429, body = DetailError)), security(("api_key" = []), ("bearer" = [])))]
 pub async fn delete_conversation(
     State(state): State<AppState>,
     caller: Caller,
@@ -88,6 +96,9 @@ pub async fn delete_conversation(
     }
 }
 
+#[utoipa::path(get, path = "/conversations", tag = "conversations", params(ListQuery),
+    responses((status = 200, description = "The caller's conversations, newest first", body = ConversationList),
+        (status = 401, body = DetailError), (status = 422, body = ValidationError), (status = 429, body = DetailError)), security(("api_key" = []), ("bearer" = [])))]
 pub async fn list_conversations(
     State(state): State<AppState>,
     caller: Caller,

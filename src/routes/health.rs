@@ -8,6 +8,8 @@ use serde_json::{Value, json};
 
 use crate::state::AppState;
 
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "`{\"status\": \"healthy\", \"timestamp\", \"active_conversations\", ...}`; never needs a key", body = Object)))]
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
     let active = state.conversations.count().await.ok();
     Json(json!({
@@ -21,6 +23,9 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses((status = 200, description = "Store and provider answer", body = Object),
+        (status = 503, description = "Store or provider unavailable", body = Object)))]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let (store, tasks, llm) = tokio::join!(
         state.conversations.ready(),

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 
 use crate::error::{ApiError, respond};
+use crate::openapi;
 use crate::state::AppState;
 
 /// A mounted path and the methods it answers.
@@ -46,6 +47,11 @@ pub const ROUTES: &[Route] = &[
     route("/ws/{client_id}", &["GET"]),
     route("/v1/chat/completions", &["POST"]),
     route("/v1/models", &["GET"]),
+    route("/metrics", &["GET"]),
+    route("/openapi.json", &["GET"]),
+    route("/docs", &["GET"]),
+    route("/docs/", &["GET"]),
+    route("/docs/{*file}", &["GET"]),
 ];
 
 /// The handlers of one path.
@@ -66,6 +72,10 @@ fn handlers(path: &str) -> MethodRouter<AppState> {
         "/ws/{client_id}" => get(ws::connect),
         "/v1/chat/completions" => post(openai::chat_completions),
         "/v1/models" => get(openai::list_models),
+        "/metrics" => get(crate::metrics::metrics),
+        "/openapi.json" => get(openapi::spec),
+        "/docs" => get(openapi::docs_root),
+        "/docs/" | "/docs/{*file}" => get(openapi::docs_file),
         // A path in ROUTES without handlers answers 404 like an unknown one; the route table
         // test catches it.
         _ => get(not_found).post(not_found).delete(not_found),

@@ -16,6 +16,9 @@ use serde_json::{Map, Value, json};
 use crate::error::{ApiError, FieldError, OpenAiError};
 use crate::extract::AppJson;
 use crate::llm::{ChatRequest, ChunkStream};
+use crate::metrics::GaugeGuard;
+#[allow(unused_imports, reason = "named in the OpenAPI annotations")]
+use crate::openapi::{DetailError, OpenAiErrorBody, ValidationError};
 use crate::state::AppState;
 
 /// Checks the fields this server relies on, fills in the model, and leaves the rest alone.
@@ -44,10 +47,10 @@ fn validate(
         Some(Value::String(m)) if !m.trim().is_empty() => {}
         Some(_) => err("model", "`model` must be a non-empty string"),
     }
-    if let Some(t) = body.get("temperature").filter(|v| !v.is_null()) {
-        if !t.as_f64().is_some_and(|t| (0.0..=2.0).contains(&t)) {
-            err("temperature", "`temperature` must be a number from 0 to 2");
-        }
+    if let Some(t) = body.get("temperature").filter(|v| !v.is_null())
+        && t.as_f64().is_none_or(|t| !(0.0..=2.0).contains(&t))
+    {
+        err("temperature", "`temperature` must be a number from 0 to 2");
     }
     for field in ["max_tokens", "max_completion_tokens"] {
         if let Some(n) = body.get(field).filter(|v| !v.is_null())
@@ -75,6 +78,13 @@ fn validate(
     Ok((ChatRequest { body }, stream, wants_usage))
 }
 
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
+    request_body(content = Object, description = "OpenAI's chat-completions request; fields not used here pass through unchanged"),
+    responses((status = 200, description = "A `chat.completion`, or with `stream: true` an SSE stream of `chat.completion.chunk`s ending with `data: [DONE]`", body = Object),
+        (status = 400, description = "Invalid request", body = OpenAiErrorBody),
+        (status = 401, body = OpenAiErrorBody), (status = 429, body = OpenAiErrorBody),
+        (status = 502, body = OpenAiErrorBody), (status = 504, body = OpenAiErrorBody)),
+    security(("bearer" = [])))]
 pub async fn chat_completions(
     State(state): State<AppState>,
     body: Result<AppJson<Value>, ApiError>,
@@ -97,9 +107,12 @@ pub async fn chat_completions(
     let keep_alive = KeepAlive::new()
         .interval(state.config.sse_keepalive)
         .text("keep-alive");
-    let mut res = Sse::new(openai_events(chunks, wants_usage))
-        .keep_alive(keep_alive)
-        .into_response();
+    let open = GaugeGuard::new(&state.metrics.open_streams);
+    let events = openai_events(chunks, wants_usage).map(move |e| {
+        let _held = &open;
+        e
+    });
+    let mut res = Sse::new(events).keep_alive(keep_alive).into_response();
     res.headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
     res.headers_mut()
@@ -143,6 +156,10 @@ fn openai_events(
     })
 }
 
+#[utoipa::path(get, path = "/v1/models", tag = "openai",
+    responses((status = 200, description = "`{\"object\": \"list\", \"data\": [{\"id\", \"object\": \"model\", ...}]}`", body = Object),
+        (status = 401, body = OpenAiErrorBody)),
+    security(("bearer" = [])))]
 pub async fn list_models(State(state): State<AppState>) -> Json<Value> {
     let created = chrono::Utc::now().timestamp() - state.started.elapsed().as_secs() as i64;
     let data: Vec<Value> = state

@@ -18,10 +18,23 @@ use serde_json::json;
 use crate::agent::{self, ChatTurn, TurnEvent};
 use crate::error::ApiError;
 use crate::extract::{AppJson, AppQuery};
+use crate::metrics::GaugeGuard;
 use crate::middleware::auth::Caller;
+#[allow(unused_imports, reason = "named in the OpenAPI annotations")]
+use crate::openapi::{DetailError, OpenAiErrorBody, ValidationError};
 use crate::routes::chat::{ChatInput, ChatQuery};
 use crate::state::AppState;
 
+#[utoipa::path(post, path = "/chat/stream", tag = "chat", request_body = ChatInput,
+    responses((status = 200, description = "Server-Sent Events: `data: {\"content\"}` frames, then `data: {\"done\": true, \"conversation_id\", \"tokens_used\"}`; an error after the first byte is `event: error` with `{\"detail\"}`", content_type = "text/event-stream", body = String),
+        (status = 404, description = "Conversation owned by another key", body = DetailError),
+        (status = 401, description = "Missing or unknown API key", body = DetailError),
+        (status = 413, description = "Body over the limit", body = DetailError),
+        (status = 422, description = "Invalid input", body = ValidationError),
+        (status = 429, description = "Rate limited (Retry-After set)", body = DetailError),
+        (status = 502, description = "The upstream failed", body = DetailError),
+        (status = 503, description = "Overloaded or store unavailable", body = DetailError),
+        (status = 504, description = "The upstream timed out", body = DetailError)), security(("api_key" = []), ("bearer" = [])))]
 pub async fn stream_chat(
     State(state): State<AppState>,
     caller: Caller,
@@ -31,6 +44,15 @@ pub async fn stream_chat(
     start(state, caller, turn).await
 }
 
+#[utoipa::path(get, path = "/chat/stream", tag = "chat", params(ChatQuery),
+    responses((status = 200, description = "The same stream as POST, for a browser's EventSource (`?api_key=` accepted here)", content_type = "text/event-stream", body = String),
+        (status = 401, description = "Missing or unknown API key", body = DetailError),
+        (status = 413, description = "Body over the limit", body = DetailError),
+        (status = 422, description = "Invalid input", body = ValidationError),
+        (status = 429, description = "Rate limited (Retry-After set)", body = DetailError),
+        (status = 502, description = "The upstream failed", body = DetailError),
+        (status = 503, description = "Overloaded or store unavailable", body = DetailError),
+        (status = 504, description = "The upstream timed out", body = DetailError)), security(("api_key" = []), ("bearer" = []), ("api_key_query" = [])))]
 pub async fn stream_chat_get(
     State(state): State<AppState>,
     caller: Caller,
@@ -51,6 +73,11 @@ async fn start(state: AppState, caller: Caller, turn: ChatTurn) -> Result<Respon
     let keep_alive = KeepAlive::new()
         .interval(state.config.sse_keepalive)
         .text("keep-alive");
+    let open = GaugeGuard::new(&state.metrics.open_streams);
+    let events = events.map(move |e| {
+        let _held = &open;
+        e
+    });
     let mut res = Sse::new(sse_events(events))
         .keep_alive(keep_alive)
         .into_response();

@@ -10,11 +10,13 @@ use crate::agent::runner::NewTask;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{AppJson, AppQuery};
 use crate::middleware::auth::Caller;
+#[allow(unused_imports, reason = "named in the OpenAPI annotations")]
+use crate::openapi::{DetailError, OpenAiErrorBody, ValidationError};
 use crate::routes::conversations::ListQuery;
 use crate::state::AppState;
 use crate::store::{Task, TaskStatus};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateTaskRequest {
     pub prompt: String,
     #[serde(default)]
@@ -23,7 +25,7 @@ pub struct CreateTaskRequest {
     pub model: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TaskResponse {
     pub task_id: String,
     pub status: TaskStatus,
@@ -44,7 +46,7 @@ impl From<Task> for TaskResponse {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TaskList {
     pub tasks: Vec<TaskResponse>,
     pub count: usize,
@@ -89,6 +91,14 @@ impl CreateTaskRequest {
     }
 }
 
+#[utoipa::path(post, path = "/task", tag = "tasks", request_body = CreateTaskRequest,
+    responses((status = 202, body = TaskResponse), (status = 401, description = "Missing or unknown API key", body = DetailError),
+        (status = 413, description = "Body over the limit", body = DetailError),
+        (status = 422, description = "Invalid input", body = ValidationError),
+        (status = 429, description = "Rate limited (Retry-After set)", body = DetailError),
+        (status = 502, description = "The upstream failed", body = DetailError),
+        (status = 503, description = "Overloaded or store unavailable", body = DetailError),
+        (status = 504, description = "The upstream timed out", body = DetailError)), security(("api_key" = []), ("bearer" = [])))]
 pub async fn create_task(
     State(state): State<AppState>,
     caller: Caller,
@@ -99,6 +109,9 @@ pub async fn create_task(
     Ok((StatusCode::ACCEPTED, Json(task.into())))
 }
 
+#[utoipa::path(get, path = "/task/{task_id}", tag = "tasks", params(("task_id" = String, Path)),
+    responses((status = 200, body = TaskResponse), (status = 404, body = DetailError),
+        (status = 401, body = DetailError), (status = 429, body = DetailError)), security(("api_key" = []), ("bearer" = [])))]
 pub async fn get_task(
     State(state): State<AppState>,
     caller: Caller,
@@ -113,6 +126,9 @@ pub async fn get_task(
 }
 
 /// Cancels a pending or running task; a finished one is returned as it is.
+#[utoipa::path(delete, path = "/task/{task_id}", tag = "tasks", params(("task_id" = String, Path)),
+    responses((status = 200, description = "The task, cancelled if it was pending or running", body = TaskResponse),
+        (status = 404, body = DetailError), (status = 401, body = DetailError), (status = 429, body = DetailError)), security(("api_key" = []), ("bearer" = [])))]
 pub async fn cancel_task(
     State(state): State<AppState>,
     caller: Caller,
@@ -126,6 +142,9 @@ pub async fn cancel_task(
     Ok(Json(task.into()))
 }
 
+#[utoipa::path(get, path = "/tasks", tag = "tasks", params(ListQuery),
+    responses((status = 200, description = "The caller's tasks, newest first", body = TaskList),
+        (status = 401, body = DetailError), (status = 422, body = ValidationError), (status = 429, body = DetailError)), security(("api_key" = []), ("bearer" = [])))]
 pub async fn list_tasks(
     State(state): State<AppState>,
     caller: Caller,

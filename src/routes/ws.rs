@@ -24,8 +24,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, TurnEvent};
 use crate::error::{ApiError, FieldError};
+use crate::metrics::GaugeGuard;
 use crate::middleware::auth::Caller;
 use crate::middleware::rate_limit::ClientIp;
+#[allow(unused_imports, reason = "named in the OpenAPI annotations")]
+use crate::openapi::{DetailError, OpenAiErrorBody, ValidationError};
 use crate::routes::chat::{ChatInput, valid_id};
 use crate::state::AppState;
 
@@ -66,6 +69,10 @@ impl SocketRegistry {
     }
 }
 
+#[utoipa::path(get, path = "/ws/{client_id}", tag = "chat", params(("client_id" = String, Path)),
+    description = "WebSocket chat. In: `{\"message\", \"conversation_id\"?, \"system_prompt\"?}` or `{\"type\": \"cancel\"}`. Out: `{\"content\"}` frames, then `{\"done\": true, \"conversation_id\", \"tokens_used\"}`; `{\"error\"}` on a bad frame or failure (the socket stays open). Close codes: 1000 idle, 1001 shutdown, 4000 replaced.",
+    responses((status = 101, description = "Switching protocols"), (status = 400, body = DetailError), (status = 401, body = DetailError)),
+    security(("api_key" = []), ("bearer" = []), ("api_key_query" = [])))]
 pub async fn connect(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     State(state): State<AppState>,
@@ -138,6 +145,7 @@ impl Session {
         Tx: Sink<Message> + Unpin,
         Rx: Stream<Item = Result<Message, E>> + Unpin,
     {
+        let _open = GaugeGuard::new(&self.state.metrics.open_websockets);
         let cfg = Arc::clone(&self.state.config);
         let closing = self.state.closing.clone();
         let mut ping = tokio::time::interval_at(Instant::now() + cfg.ws_ping, cfg.ws_ping);
@@ -241,6 +249,7 @@ impl Session {
         };
         let decision = self.state.limiter.check(self.ip, Some(&self.owner));
         if !decision.allowed {
+            self.state.metrics.rate_limited.inc();
             let err = ApiError::RateLimited {
                 retry_after: decision.reset,
             };
