@@ -26,8 +26,14 @@ use crate::state::AppState;
 /// Beyond this many tracked clients, idle buckets are dropped on the spot.
 pub const MAX_TRACKED: usize = 100_000;
 
-/// Paths never limited: probes and scrapes must work while clients are throttled.
-pub const UNLIMITED_PATHS: &[&str] = &["/health", "/ready", "/metrics"];
+/// Paths never limited: probes and scrapes must work while clients are throttled, and the
+/// static pages (the chat page, the docs) cost nothing to serve and call nothing.
+pub fn unlimited(path: &str) -> bool {
+    matches!(
+        path,
+        "/health" | "/ready" | "/metrics" | "/" | "/openapi.json" | "/docs"
+    ) || path.starts_with("/docs/")
+}
 
 type Keyed<K> = Gcra<K, DefaultKeyedStateStore<K>, DefaultClock, StateInformationMiddleware>;
 
@@ -185,7 +191,7 @@ pub async fn resolve_client_ip(
 /// The per-IP limit layer; runs before auth, so that guessing keys costs budget too.
 pub async fn limit_per_ip(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    if UNLIMITED_PATHS.contains(&path) {
+    if unlimited(path) {
         return next.run(req).await;
     }
     let ip = req
