@@ -14,7 +14,10 @@ use crate::metrics::{MeteredProvider, Metrics};
 use crate::middleware::auth::KeyRing;
 use crate::middleware::rate_limit::RateLimiter;
 use crate::routes::ws::SocketRegistry;
-use crate::store::{ConversationStore, MemoryConversationStore, MemoryTaskStore, TaskStore};
+use crate::store::redis::{RedisQueue, RedisRateLimiter, RedisSettings, RedisStores};
+use crate::store::{
+    ConversationStore, MemoryConversationStore, MemoryTaskStore, StoreError, TaskStore,
+};
 
 /// Cloned into every request (all fields are `Arc`s or cheap handles).
 #[derive(Clone)]
@@ -47,8 +50,52 @@ pub struct AppState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("STORE={0} needs the Redis store, which this build does not include")]
-    StoreUnsupported(String),
+    #[error("STORE: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The stores for `STORE`: memory (one process) or Redis (shared by replicas).
+struct Stores {
+    conversations: Arc<dyn ConversationStore>,
+    tasks: Arc<dyn TaskStore>,
+    limiter: Option<Arc<RedisRateLimiter>>,
+    queue: Option<Arc<RedisQueue>>,
+}
+
+impl Stores {
+    fn for_config(config: &Config) -> Result<Self, StoreError> {
+        match &config.store {
+            StoreKind::Memory => Ok(Self {
+                conversations: Arc::new(MemoryConversationStore::new(
+                    config.max_conversations,
+                    config.max_messages_per_conversation,
+                    config.conversation_ttl,
+                )),
+                tasks: Arc::new(MemoryTaskStore::new(config.max_tasks, config.task_ttl)),
+                limiter: None,
+                queue: None,
+            }),
+            StoreKind::Redis(url) => {
+                let redis = RedisStores::connect(
+                    RedisSettings {
+                        url: url.clone(),
+                        prefix: config.store_prefix.clone(),
+                        max_messages: config.max_messages_per_conversation,
+                        conversation_ttl: config.conversation_ttl,
+                        task_ttl: config.task_ttl,
+                        turn_wait: config.upstream_timeout + Duration::from_secs(30),
+                    },
+                    config.task_lease,
+                )?;
+                Ok(Self {
+                    conversations: redis.conversations,
+                    tasks: redis.tasks,
+                    limiter: Some(redis.limiter),
+                    queue: Some(redis.queue),
+                })
+            }
+        }
+    }
 }
 
 impl AppState {
@@ -81,29 +128,26 @@ impl AppStateBuilder {
             self.llm.unwrap_or_else(|| provider_for(&config)),
             Arc::clone(&metrics),
         ));
-        if let StoreKind::Redis(url) = &config.store {
-            return Err(BuildError::StoreUnsupported(url.clone()));
-        }
-        let conversations: Arc<dyn ConversationStore> = Arc::new(MemoryConversationStore::new(
-            config.max_conversations,
-            config.max_messages_per_conversation,
-            config.conversation_ttl,
-        ));
-        let tasks: Arc<dyn TaskStore> =
-            Arc::new(MemoryTaskStore::new(config.max_tasks, config.task_ttl));
+        let stores = Stores::for_config(&config)?;
         let runner = TaskRunner::new(
             Arc::clone(&llm),
-            Arc::clone(&tasks),
+            Arc::clone(&stores.tasks),
             Arc::clone(&metrics),
             RunnerLimits {
                 concurrency: config.task_concurrency,
                 queue_size: config.task_queue_size,
                 timeout: config.task_timeout,
             },
+            stores.queue.clone(),
         );
+        let limiter = match &stores.limiter {
+            Some(shared) => RateLimiter::shared(&config, Arc::clone(shared)),
+            None => RateLimiter::new(&config),
+        };
+        let (conversations, tasks) = (stores.conversations, stores.tasks);
         let state = AppState {
             keys: Arc::new(KeyRing::new(&config.api_keys)),
-            limiter: Arc::new(RateLimiter::new(&config)),
+            limiter: Arc::new(limiter),
             config: Arc::new(config),
             llm,
             conversations,
@@ -115,6 +159,7 @@ impl AppStateBuilder {
             started: Instant::now(),
         };
         state.start_janitor();
+        state.runner.start_workers();
         Ok(state)
     }
 }

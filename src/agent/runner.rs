@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -16,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use super::AgentError;
 use crate::llm::{ChatRequest, LlmProvider, Message};
 use crate::metrics::{Metrics, StateLabels};
+use crate::store::redis::{QueueEntry, RedisQueue};
 use crate::store::{Task, TaskStatus, TaskStore};
 
 #[derive(Debug, Clone)]
@@ -45,6 +47,8 @@ struct Inner {
     cancels: DashMap<String, CancellationToken>,
     /// Cancelled when the server stops for good.
     shutdown: CancellationToken,
+    /// With Redis: the queue shared by every replica. Without: tasks run where submitted.
+    queue: Option<Arc<RedisQueue>>,
 }
 
 /// What a task asks of the model.
@@ -61,6 +65,7 @@ impl TaskRunner {
         tasks: Arc<dyn TaskStore>,
         metrics: Arc<Metrics>,
         limits: RunnerLimits,
+        queue: Option<Arc<RedisQueue>>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -73,6 +78,7 @@ impl TaskRunner {
                 queued: AtomicUsize::new(0),
                 cancels: DashMap::new(),
                 shutdown: CancellationToken::new(),
+                queue,
             }),
         }
     }
@@ -111,14 +117,6 @@ impl TaskRunner {
     /// Accepts a task, or refuses it when the queue is full.
     pub async fn submit(&self, new: NewTask) -> Result<Task, AgentError> {
         let inner = &self.inner;
-        let queued = inner.queued.fetch_add(1, Ordering::SeqCst);
-        if queued >= inner.limits.queue_size {
-            inner.queued.fetch_sub(1, Ordering::SeqCst);
-            return Err(AgentError::Busy(format!(
-                "the task queue is full ({} waiting); retry later",
-                inner.limits.queue_size
-            )));
-        }
         let task = Task {
             task_id: uuid::Uuid::new_v4().to_string(),
             owner: new.owner,
@@ -130,6 +128,32 @@ impl TaskRunner {
             created_at: chrono::Utc::now(),
             completed_at: None,
         };
+        if let Some(queue) = &inner.queue {
+            // Shared queue: its length (waiting and running entries) is the bound.
+            if queue.backlog().await? >= inner.limits.queue_size {
+                return Err(queue_full(inner.limits.queue_size));
+            }
+            inner.tasks.insert(task.clone()).await?;
+            if let Err(e) = queue.push(&task.task_id).await {
+                let failed = Some(format!("the task could not be queued: {e}"));
+                let _ = inner
+                    .tasks
+                    .transition(
+                        &task.task_id,
+                        &[TaskStatus::Pending],
+                        TaskStatus::Failed,
+                        failed,
+                    )
+                    .await;
+                return Err(e.into());
+            }
+            return Ok(task);
+        }
+        let queued = inner.queued.fetch_add(1, Ordering::SeqCst);
+        if queued >= inner.limits.queue_size {
+            inner.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(queue_full(inner.limits.queue_size));
+        }
         if let Err(e) = inner.tasks.insert(task.clone()).await {
             inner.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(e.into());
@@ -138,66 +162,159 @@ impl TaskRunner {
         inner.cancels.insert(task.task_id.clone(), token.clone());
         let runner = self.clone();
         let id = task.task_id.clone();
-        let (prompt, task_type, model) = (
-            task.prompt.clone(),
-            task.task_type.clone(),
-            task.model.clone(),
-        );
         self.spawn(async move {
-            runner.run(id, prompt, task_type, model, token).await;
+            let permit = tokio::select! {
+                p = Arc::clone(&runner.inner.slots).acquire_owned() => p.ok(),
+                _ = token.cancelled() => None,
+            };
+            runner.inner.queued.fetch_sub(1, Ordering::SeqCst);
+            match permit {
+                Some(_permit) => runner.run(&id, &token, &[TaskStatus::Pending]).await,
+                None => runner.finish(&id, TaskStatus::Cancelled, None).await,
+            }
+            runner.inner.cancels.remove(&id);
         });
         Ok(task)
     }
 
-    async fn run(
-        &self,
-        id: String,
-        prompt: String,
-        task_type: String,
-        model: String,
-        token: CancellationToken,
-    ) {
+    /// Runs one task: `from` are the states it may start from (a task taken over from a
+    /// replica that died is still `running`).
+    async fn run(&self, id: &str, token: &CancellationToken, from: &[TaskStatus]) {
         let inner = &self.inner;
-        let permit = tokio::select! {
-            p = Arc::clone(&inner.slots).acquire_owned() => p.ok(),
-            _ = token.cancelled() => None,
+        let task = match inner.tasks.get(None, id).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(task_id = %id, error = %e, "could not read a task to run");
+                return;
+            }
         };
-        inner.queued.fetch_sub(1, Ordering::SeqCst);
-        let outcome = match permit {
-            None => Some((TaskStatus::Cancelled, None)),
-            Some(_permit) => {
-                let started = inner
-                    .tasks
-                    .transition(&id, &[TaskStatus::Pending], TaskStatus::Running, None)
-                    .await;
-                match started {
-                    Ok(Some(_)) => Some(self.execute(&prompt, &task_type, &model, &token).await),
-                    // Cancelled (or gone) before it started.
-                    Ok(None) => None,
-                    Err(e) => Some((TaskStatus::Failed, Some(e.to_string()))),
+        let started = inner
+            .tasks
+            .transition(id, from, TaskStatus::Running, None)
+            .await;
+        let (status, result) = match started {
+            Ok(Some(_)) => {
+                self.execute(&task.prompt, &task.task_type, &task.model, token)
+                    .await
+            }
+            // Cancelled (or finished) before it started.
+            Ok(None) => return,
+            Err(e) => (TaskStatus::Failed, Some(e.to_string())),
+        };
+        self.finish(id, status, result).await;
+    }
+
+    /// Records a task's end, unless it ended already (cancelled meanwhile).
+    async fn finish(&self, id: &str, status: TaskStatus, result: Option<String>) {
+        let inner = &self.inner;
+        let from = [TaskStatus::Pending, TaskStatus::Running];
+        match inner.tasks.transition(id, &from, status, result).await {
+            Ok(Some(_)) => {
+                inner
+                    .metrics
+                    .tasks_finished
+                    .get_or_create(&StateLabels {
+                        state: status.as_str(),
+                    })
+                    .inc();
+            }
+            // Cancelled through DELETE meanwhile; counted there.
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(task_id = %id, error = %e, "could not record the end of a task")
+            }
+        }
+    }
+
+    /// With a shared queue: takes entries (new ones, and ones whose replica stopped renewing
+    /// them) while a slot is free, and listens for cancellations from other replicas.
+    pub fn start_workers(&self) {
+        let Some(queue) = self.inner.queue.clone() else {
+            return;
+        };
+        let runner = self.clone();
+        let q = Arc::clone(&queue);
+        self.spawn_until_shutdown(async move {
+            let mut last_claim = tokio::time::Instant::now();
+            loop {
+                let Ok(permit) = Arc::clone(&runner.inner.slots).acquire_owned().await else {
+                    return;
+                };
+                let took = if last_claim.elapsed() >= q.lease / 2 {
+                    last_claim = tokio::time::Instant::now();
+                    match q.claim_stale().await {
+                        Ok(Some(e)) => Ok(Some(e)),
+                        Ok(None) => q.read(Duration::from_millis(500)).await,
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    q.read(Duration::from_millis(500)).await
+                };
+                match took {
+                    Ok(Some(entry)) => {
+                        let runner2 = runner.clone();
+                        let q2 = Arc::clone(&q);
+                        runner.spawn(async move {
+                            runner2.run_entry(&q2, entry).await;
+                            drop(permit);
+                        });
+                    }
+                    Ok(None) => drop(permit),
+                    Err(e) => {
+                        drop(permit);
+                        tracing::warn!(error = %e, "task queue unavailable; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        });
+        let runner = self.clone();
+        self.spawn_until_shutdown(async move {
+            loop {
+                if let Err(e) = runner.listen_for_cancels(&queue).await {
+                    tracing::warn!(error = %e, "cancellation channel lost; reconnecting");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+
+    async fn listen_for_cancels(&self, queue: &RedisQueue) -> Result<(), redis::RedisError> {
+        let mut pubsub = queue.client().get_async_pubsub().await?;
+        pubsub.subscribe(&queue.channel).await?;
+        let mut messages = pubsub.on_message();
+        while let Some(msg) = messages.next().await {
+            let id: String = msg.get_payload()?;
+            if let Some(token) = self.inner.cancels.get(&id) {
+                token.cancel();
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_entry(&self, queue: &RedisQueue, entry: QueueEntry) {
+        let inner = &self.inner;
+        let token = inner.shutdown.child_token();
+        inner.cancels.insert(entry.task_id.clone(), token.clone());
+        let heartbeat = async {
+            loop {
+                tokio::time::sleep(queue.lease / 3).await;
+                if let Err(e) = queue.renew(&entry.entry).await {
+                    tracing::warn!(error = %e, "could not renew a task lease");
                 }
             }
         };
-        if let Some((status, result)) = outcome {
-            let from = [TaskStatus::Pending, TaskStatus::Running];
-            match inner.tasks.transition(&id, &from, status, result).await {
-                Ok(Some(_)) => {
-                    inner
-                        .metrics
-                        .tasks_finished
-                        .get_or_create(&StateLabels {
-                            state: status.as_str(),
-                        })
-                        .inc();
+        let from = [TaskStatus::Pending, TaskStatus::Running];
+        tokio::select! {
+            _ = self.run(&entry.task_id, &token, &from) => {
+                if let Err(e) = queue.done(&entry.entry).await {
+                    tracing::warn!(error = %e, "could not acknowledge a finished task");
                 }
-                // Cancelled through DELETE meanwhile; counted there.
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(task_id = %id, error = %e, "could not record the end of a task")
-                }
-            };
+            }
+            _ = heartbeat => {}
         }
-        inner.cancels.remove(&id);
+        inner.cancels.remove(&entry.task_id);
     }
 
     async fn execute(
@@ -248,6 +365,12 @@ impl TaskRunner {
         if let Some(token) = inner.cancels.get(id) {
             token.cancel();
         }
+        if let (Some(queue), Some(_)) = (&inner.queue, &changed) {
+            // The replica running it may be another one.
+            if let Err(e) = queue.publish_cancel(id).await {
+                tracing::warn!(task_id = %id, error = %e, "could not announce a cancellation");
+            }
+        }
         if changed.is_some() {
             inner
                 .metrics
@@ -284,4 +407,10 @@ impl TaskRunner {
         inner.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), inner.tracker.wait()).await;
     }
+}
+
+fn queue_full(size: usize) -> AgentError {
+    AgentError::Busy(format!(
+        "the task queue is full ({size} waiting); retry later"
+    ))
 }

@@ -19,9 +19,13 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter as Gcra};
 use ipnet::IpNet;
 
+use std::sync::Arc;
+
 use crate::config::Config;
 use crate::error::{ApiError, respond};
 use crate::state::AppState;
+use crate::store::StoreError;
+use crate::store::redis::RedisRateLimiter;
 
 /// Beyond this many tracked clients, idle buckets are dropped on the spot.
 pub const MAX_TRACKED: usize = 100_000;
@@ -44,6 +48,10 @@ pub struct ClientIp(pub IpAddr);
 pub struct RateLimiter {
     per_ip: Keyed<IpAddr>,
     per_key: Option<Keyed<String>>,
+    /// With Redis: one budget across every replica, kept there instead of in `per_ip`/`per_key`.
+    shared: Option<Arc<RedisRateLimiter>>,
+    per_minute: u32,
+    per_key_per_minute: Option<u32>,
     burst: u32,
     trusted: Vec<IpNet>,
 }
@@ -65,6 +73,14 @@ fn quota(per_minute: u32, burst: u32) -> Quota {
 }
 
 impl RateLimiter {
+    /// Keeps the buckets in Redis, shared by every replica.
+    pub fn shared(config: &Config, redis: Arc<RedisRateLimiter>) -> Self {
+        Self {
+            shared: Some(redis),
+            ..Self::new(config)
+        }
+    }
+
     pub fn new(config: &Config) -> Self {
         let q = quota(config.rate_limit_per_minute, config.rate_limit_burst);
         Self {
@@ -72,23 +88,60 @@ impl RateLimiter {
             per_key: config
                 .rate_limit_per_key_per_minute
                 .map(|pm| Gcra::dashmap(quota(pm, config.rate_limit_burst)).with_middleware()),
+            shared: None,
+            per_minute: config.rate_limit_per_minute,
+            per_key_per_minute: config.rate_limit_per_key_per_minute,
             burst: config.rate_limit_burst,
             trusted: config.trusted_proxies.clone(),
         }
     }
 
     /// Takes one token for this client (and key, when per-key limits are on).
-    pub fn check(&self, ip: IpAddr, key: Option<&str>) -> Decision {
+    pub async fn check(&self, ip: IpAddr, key: Option<&str>) -> Result<Decision, StoreError> {
+        if let Some(shared) = &self.shared {
+            return self.check_shared(shared, ip, key).await;
+        }
         if self.per_ip.len() > MAX_TRACKED {
             self.per_ip.retain_recent();
         }
         let ip_decision = decide(&self.per_ip, &bucket_of(ip), self.burst);
-        match (&self.per_key, key) {
+        Ok(match (&self.per_key, key) {
             (Some(limiter), Some(key)) if ip_decision.allowed => {
                 decide(limiter, &key.to_owned(), self.burst)
             }
             _ => ip_decision,
+        })
+    }
+
+    async fn check_shared(
+        &self,
+        shared: &RedisRateLimiter,
+        ip: IpAddr,
+        key: Option<&str>,
+    ) -> Result<Decision, StoreError> {
+        let emission = |per_minute: u32| Duration::from_secs(60) / per_minute.max(1);
+        let bucket = format!("ip:{}", bucket_of(ip));
+        let (allowed, remaining, reset) = shared
+            .take(&bucket, emission(self.per_minute), self.burst)
+            .await?;
+        let mut decision = Decision {
+            allowed,
+            limit: self.burst,
+            remaining,
+            reset,
+        };
+        if let (true, Some(per_minute), Some(key)) = (allowed, self.per_key_per_minute, key) {
+            let (allowed, remaining, reset) = shared
+                .take(&format!("key:{key}"), emission(per_minute), self.burst)
+                .await?;
+            decision = Decision {
+                allowed,
+                limit: self.burst,
+                remaining,
+                reset,
+            };
         }
+        Ok(decision)
     }
 
     /// Drops buckets that are full again (idle clients).
@@ -199,7 +252,10 @@ pub async fn limit_per_ip(State(state): State<AppState>, req: Request, next: Nex
         .get::<ClientIp>()
         .map(|c| c.0)
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-    let decision = state.limiter.check(ip, None);
+    let decision = match state.limiter.check(ip, None).await {
+        Ok(d) => d,
+        Err(e) => return respond(ApiError::Store(e), path),
+    };
     if !decision.allowed {
         state.metrics.rate_limited.inc();
         let mut res = respond(
@@ -227,17 +283,25 @@ mod tests {
         RateLimiter::new(&c)
     }
 
-    #[test]
-    fn burst_then_refuse_with_wait() {
+    #[tokio::test]
+    async fn burst_then_refuse_with_wait() {
         let l = limiter(60, 3);
         let ip = IpAddr::from([10, 0, 0, 1]);
-        let d: Vec<Decision> = (0..4).map(|_| l.check(ip, None)).collect();
+        let mut d = Vec::new();
+        for _ in 0..4 {
+            d.push(l.check(ip, None).await.unwrap());
+        }
         assert!(d[..3].iter().all(|d| d.allowed));
         assert_eq!(d[2].remaining, 0);
         assert!(!d[3].allowed);
         assert!(d[3].reset <= Duration::from_secs(1) && d[3].reset > Duration::ZERO);
         // another client has its own bucket
-        assert!(l.check(IpAddr::from([10, 0, 0, 2]), None).allowed);
+        assert!(
+            l.check(IpAddr::from([10, 0, 0, 2]), None)
+                .await
+                .unwrap()
+                .allowed
+        );
     }
 
     #[test]

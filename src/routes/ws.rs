@@ -247,18 +247,26 @@ impl Session {
             Ok(t) => t,
             Err(e) => return Some(json!({"error": e.message()})),
         };
-        let decision = self.state.limiter.check(self.ip, Some(&self.owner));
-        if !decision.allowed {
-            self.state.metrics.rate_limited.inc();
-            let err = ApiError::RateLimited {
-                retry_after: decision.reset,
-            };
-            return Some(json!({"error": err.message()}));
-        }
         let state = self.state.clone();
         let owner = self.owner.clone();
+        let ip = self.ip;
         let started =
             async move {
+                // Every message that calls the model counts against the limit, like a request.
+                let refused = match state.limiter.check(ip, Some(&owner)).await {
+                    Ok(d) if d.allowed => None,
+                    Ok(d) => {
+                        state.metrics.rate_limited.inc();
+                        Some(ApiError::RateLimited {
+                            retry_after: d.reset,
+                        })
+                    }
+                    Err(e) => Some(ApiError::Store(e)),
+                };
+                if let Some(err) = refused {
+                    let frame = json!({"error": err.message()});
+                    return futures::stream::once(async move { frame }).boxed();
+                }
                 match agent::stream_turn(
                     state.llm.as_ref(),
                     state.conversations.as_ref(),

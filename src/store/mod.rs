@@ -3,6 +3,7 @@
 //! a record owned by someone else behaves exactly like a missing one.
 
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
