@@ -19,36 +19,6 @@ fn binary() -> Command {
     cmd
 }
 
-/// Starts the binary and returns it with the address it printed.
-fn start(envs: &[(&str, &str)]) -> (std::process::Child, String) {
-    let mut child = binary()
-        .envs(envs.iter().copied())
-        .env("PORT", "0")
-        .env("LOG_FORMAT", "json")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("server exited before listening")
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).expect("every log line is JSON");
-        if let Some(rest) = v["message"]
-            .as_str()
-            .and_then(|m| m.strip_prefix("listening on "))
-        {
-            break rest.to_owned();
-        }
-    };
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
-
 #[test]
 fn refuses_to_listen_openly_without_keys() {
     let out = binary()
@@ -78,10 +48,11 @@ async fn sigterm_lets_the_request_in_flight_finish() {
         ..Default::default()
     })
     .await;
-    let (mut child, url) = start(&[
+    let mut server = common::ServerProcess::start(&[
         ("OPENAI_BASE_URL", &fake.url),
         ("OPENAI_API_KEY", "sk-test"),
     ]);
+    let url = server.url.clone();
     let client = common::client();
     let pending = {
         let client = client.clone();
@@ -100,7 +71,7 @@ async fn sigterm_lets_the_request_in_flight_finish() {
     )]
     let requester = tokio::task::spawn(pending);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let pid = child.id().to_string();
+    let pid = server.pid();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -118,12 +89,11 @@ async fn sigterm_lets_the_request_in_flight_finish() {
     // New connections are refused while it drains or after it stopped.
     let status = tokio::task::spawn_blocking(move || {
         for _ in 0..100 {
-            if let Some(s) = child.try_wait().unwrap() {
+            if let Some(s) = server.child.try_wait().unwrap() {
                 return s;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = child.kill();
         panic!("the server did not exit within 5s of SIGTERM");
     })
     .await

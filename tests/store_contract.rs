@@ -2,6 +2,8 @@
 //! (default `redis://127.0.0.1:6379`). An unreachable Redis fails the suite: it never skips.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +12,7 @@ use agent_api::store::redis::{RedisSettings, RedisStores};
 use agent_api::store::{
     ConversationStore, MemoryConversationStore, MemoryTaskStore, Task, TaskStatus, TaskStore,
 };
+use common::redis_url;
 
 struct Stores {
     conversations: Arc<dyn ConversationStore>,
@@ -25,11 +28,6 @@ fn memory() -> Stores {
         )),
         tasks: Arc::new(MemoryTaskStore::new(100, Duration::from_secs(60))),
     }
-}
-
-pub fn redis_url() -> String {
-    #[expect(clippy::disallowed_methods, reason = "tests choose their Redis")]
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
 async fn redis() -> Stores {

@@ -1,0 +1,342 @@
+//! Several replicas on one Redis act as one server: conversations continue across them, one
+//! global rate-limit budget, tasks seen and cancelled anywhere and taken over when a replica
+//! dies, and a Redis restart in the middle of traffic is survived.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Behaviour, FakeOpenAi, ServerProcess, redis_url};
+use serde_json::{Value, json};
+
+fn prefix() -> String {
+    format!("replicas-{}:", uuid::Uuid::new_v4().simple())
+}
+
+struct Pair {
+    a: ServerProcess,
+    b: ServerProcess,
+}
+
+fn pair(fake: &FakeOpenAi, prefix: &str, extra: &[(&str, &str)]) -> Pair {
+    let url = redis_url();
+    let mut envs = vec![
+        ("OPENAI_BASE_URL", fake.url.as_str()),
+        ("OPENAI_API_KEY", "sk-test"),
+        ("STORE", url.as_str()),
+        ("STORE_PREFIX", prefix),
+        ("TRUSTED_PROXIES", "127.0.0.1/32"),
+        ("RATE_LIMIT_PER_MINUTE", "1"),
+        ("RATE_LIMIT_BURST", "5"),
+    ];
+    envs.extend_from_slice(extra);
+    Pair {
+        a: ServerProcess::start(&envs),
+        b: ServerProcess::start(&envs),
+    }
+}
+
+async fn post(url: &str, path: &str, client_ip: &str, body: Value) -> (u16, Value) {
+    let res = common::client()
+        .post(format!("{url}{path}"))
+        .header("x-forwarded-for", client_ip)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn call(method: reqwest::Method, url: &str, path: &str, client_ip: &str) -> (u16, Value) {
+    let res = common::client()
+        .request(method, format!("{url}{path}"))
+        .header("x-forwarded-for", client_ip)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_conversation_continues_through_another_replica() {
+    let fake = FakeOpenAi::start().await;
+    let p = pair(&fake, &prefix(), &[]);
+    let (s, _) = post(
+        &p.a.url,
+        "/chat",
+        "10.1.0.1",
+        json!({"message": "one", "conversation_id": "x1"}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = post(
+        &p.b.url,
+        "/chat",
+        "10.1.0.1",
+        json!({"message": "two", "conversation_id": "x1"}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        fake.requests()[1]["messages"].as_array().unwrap().len(),
+        4,
+        "B saw A's turn"
+    );
+    let (s, conv) = call(
+        reqwest::Method::GET,
+        &p.a.url,
+        "/conversation/x1",
+        "10.1.0.2",
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(conv["message_count"], 5);
+}
+
+#[tokio::test]
+async fn concurrent_turns_across_replicas_never_interleave() {
+    let fake = FakeOpenAi::start_with(Behaviour {
+        delay: Duration::from_millis(20),
+        ..Default::default()
+    })
+    .await;
+    let p = pair(&fake, &prefix(), &[("RATE_LIMIT_BURST", "100")]);
+    let calls = (0..10).map(|i| {
+        let url = if i % 2 == 0 {
+            p.a.url.clone()
+        } else {
+            p.b.url.clone()
+        };
+        async move {
+            post(
+                &url,
+                "/chat",
+                "10.2.0.1",
+                json!({"message": format!("m{i}"), "conversation_id": "shared"}),
+            )
+            .await
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
+    let (_, conv) = call(
+        reqwest::Method::GET,
+        &p.b.url,
+        "/conversation/shared",
+        "10.2.0.2",
+    )
+    .await;
+    let messages = conv["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1 + 20);
+    for (i, m) in messages[1..].iter().enumerate() {
+        assert_eq!(m["role"], if i % 2 == 0 { "user" } else { "assistant" });
+    }
+}
+
+#[tokio::test]
+async fn a_burst_split_across_replicas_admits_exactly_the_global_budget() {
+    let fake = FakeOpenAi::start().await;
+    let p = pair(&fake, &prefix(), &[]);
+    let calls = (0..20).map(|i| {
+        let url = if i % 2 == 0 {
+            p.a.url.clone()
+        } else {
+            p.b.url.clone()
+        };
+        async move {
+            post(&url, "/chat", "10.3.0.1", json!({"message": "hi"}))
+                .await
+                .0
+        }
+    });
+    let statuses = futures::future::join_all(calls).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 15);
+}
+
+#[tokio::test]
+async fn a_task_started_on_one_replica_is_seen_and_cancelled_through_the_other() {
+    let fake = FakeOpenAi::start_with(Behaviour {
+        delay: Duration::from_secs(5),
+        ..Default::default()
+    })
+    .await;
+    let p = pair(&fake, &prefix(), &[]);
+    let (s, task) = post(&p.a.url, "/task", "10.4.0.1", json!({"prompt": "long"})).await;
+    assert_eq!(s, 202);
+    let path = format!("/task/{}", task["task_id"].as_str().unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (s, t) = call(reqwest::Method::GET, &p.b.url, &path, "10.4.0.2").await;
+        assert_eq!(s, 200, "B sees A's task: {t}");
+        if t["status"] == "running" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never ran: {t}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (s, t) = call(reqwest::Method::DELETE, &p.b.url, &path, "10.4.0.3").await;
+    assert_eq!((s, t["status"].as_str()), (200, Some("cancelled")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, t) = call(reqwest::Method::GET, &p.a.url, &path, "10.4.0.4").await;
+    assert_eq!(t["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn a_task_survives_the_death_of_its_replica() {
+    let fake = FakeOpenAi::start_with(Behaviour {
+        delay: Duration::from_secs(30),
+        ..Default::default()
+    })
+    .await;
+    let prefix = prefix();
+    let url = redis_url();
+    let envs = [
+        ("OPENAI_BASE_URL", fake.url.as_str()),
+        ("OPENAI_API_KEY", "sk-test"),
+        ("STORE", url.as_str()),
+        ("STORE_PREFIX", prefix.as_str()),
+        ("TASK_LEASE_SECS", "1"),
+    ];
+    let mut a = ServerProcess::start(&envs);
+    let (s, task) = post(&a.url, "/task", "10.5.0.1", json!({"prompt": "survive"})).await;
+    assert_eq!(s, 202);
+    let path = format!("/task/{}", task["task_id"].as_str().unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, t) = call(reqwest::Method::GET, &a.url, &path, "10.5.0.1").await;
+        if t["status"] == "running" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never ran: {t}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.kill_hard();
+    fake.set(|b| b.delay = Duration::ZERO);
+    let b = ServerProcess::start(&envs);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let done = loop {
+        let (_, t) = call(reqwest::Method::GET, &b.url, &path, "10.5.0.1").await;
+        if ["completed", "failed", "cancelled"].contains(&t["status"].as_str().unwrap_or("")) {
+            break t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {t} 10 s after its replica died"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["result"], "Hello from the fake upstream");
+}
+
+/// A private redis-server on a free port, so that restarting it disturbs no other test.
+struct PrivateRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test]
+async fn a_redis_restart_in_the_middle_of_traffic_is_survived() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = PrivateRedis::start(port);
+    let fake = FakeOpenAi::start().await;
+    let store = format!("redis://127.0.0.1:{port}/0");
+    let server = ServerProcess::start(&[
+        ("OPENAI_BASE_URL", fake.url.as_str()),
+        ("STORE", store.as_str()),
+        ("RATE_LIMIT_BURST", "1000"),
+    ]);
+    let (s, _) = post(
+        &server.url,
+        "/chat",
+        "1.1.1.1",
+        json!({"message": "before"}),
+    )
+    .await;
+    assert_eq!(s, 200);
+
+    redis.stop();
+    let (s, body) = post(
+        &server.url,
+        "/chat",
+        "1.1.1.1",
+        json!({"message": "during"}),
+    )
+    .await;
+    assert_eq!(s, 503, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("redis"), "{body}");
+    let (s, _) = call(reqwest::Method::GET, &server.url, "/ready", "1.1.1.1").await;
+    assert_eq!(s, 503);
+    let (s, _) = call(reqwest::Method::GET, &server.url, "/health", "1.1.1.1").await;
+    assert_eq!(s, 200, "liveness does not depend on Redis");
+
+    let _redis = PrivateRedis::start(redis.port);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, _) = post(&server.url, "/chat", "1.1.1.1", json!({"message": "after"})).await;
+        if s == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not recovered 10 s after Redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (s, _) = call(reqwest::Method::GET, &server.url, "/ready", "1.1.1.1").await;
+    assert_eq!(s, 200);
+}
