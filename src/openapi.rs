@@ -41,6 +41,44 @@ pub struct OpenAiErrorBody {
     pub error: OpenAiErrorDetail,
 }
 
+/// The errors of every route that reads a body and may call the model.
+#[derive(utoipa::IntoResponses)]
+pub enum ModelCallErrors {
+    #[response(
+        status = 401,
+        description = "Missing or unknown API key (WWW-Authenticate set)"
+    )]
+    Unauthorized(DetailError),
+    #[response(status = 413, description = "Body over the limit")]
+    TooLarge(DetailError),
+    #[response(status = 422, description = "Invalid input: FastAPI's field list")]
+    Invalid(ValidationError),
+    #[response(status = 429, description = "Rate limited (Retry-After set)")]
+    RateLimited(DetailError),
+    #[response(status = 502, description = "The upstream failed or answered garbage")]
+    Upstream(DetailError),
+    #[response(status = 503, description = "Overloaded, or the store is unavailable")]
+    Unavailable(DetailError),
+    #[response(status = 504, description = "The upstream did not answer in time")]
+    Timeout(DetailError),
+}
+
+/// The errors of the routes that read or delete one owned record.
+#[derive(utoipa::IntoResponses)]
+pub enum RecordErrors {
+    #[response(
+        status = 401,
+        description = "Missing or unknown API key (WWW-Authenticate set)"
+    )]
+    Unauthorized(DetailError),
+    #[response(status = 404, description = "Unknown id, or owned by another key")]
+    NotFound(DetailError),
+    #[response(status = 429, description = "Rate limited (Retry-After set)")]
+    RateLimited(DetailError),
+    #[response(status = 503, description = "The store is unavailable")]
+    Unavailable(DetailError),
+}
+
 struct Security;
 
 impl Modify for Security {

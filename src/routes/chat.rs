@@ -12,7 +12,9 @@ use crate::error::{ApiError, FieldError};
 use crate::extract::AppJson;
 use crate::middleware::auth::Caller;
 #[allow(unused_imports, reason = "named in the OpenAPI annotations")]
-use crate::openapi::{DetailError, OpenAiErrorBody, ValidationError};
+use crate::openapi::{
+    DetailError, ModelCallErrors, OpenAiErrorBody, RecordErrors, ValidationError,
+};
 use crate::state::AppState;
 
 pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful AI assistant.";
@@ -186,13 +188,7 @@ impl ChatQuery {
 #[utoipa::path(post, path = "/chat", tag = "chat", request_body = ChatInput,
     responses((status = 200, body = ChatResponse),
         (status = 404, description = "Conversation owned by another key", body = DetailError),
-        (status = 401, description = "Missing or unknown API key", body = DetailError),
-        (status = 413, description = "Body over the limit", body = DetailError),
-        (status = 422, description = "Invalid input", body = ValidationError),
-        (status = 429, description = "Rate limited (Retry-After set)", body = DetailError),
-        (status = 502, description = "The upstream failed", body = DetailError),
-        (status = 503, description = "Overloaded or store unavailable", body = DetailError),
-        (status = 504, description = "The upstream timed out", body = DetailError)), security(("api_key" = []), ("bearer" = [])))]
+        ModelCallErrors), security(("api_key" = []), ("bearer" = [])))]
 pub async fn create_chat(
     State(state): State<AppState>,
     caller: Caller,

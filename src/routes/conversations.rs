@@ -11,7 +11,9 @@ use crate::extract::AppQuery;
 use crate::llm::Message;
 use crate::middleware::auth::Caller;
 #[allow(unused_imports, reason = "named in the OpenAPI annotations")]
-use crate::openapi::{DetailError, OpenAiErrorBody, ValidationError};
+use crate::openapi::{
+    DetailError, ModelCallErrors, OpenAiErrorBody, RecordErrors, ValidationError,
+};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -58,8 +60,7 @@ impl ListQuery {
 }
 
 #[utoipa::path(get, path = "/conversation/{id}", tag = "conversations", params(("id" = String, Path)),
-    responses((status = 200, body = ConversationResponse), (status = 404, body = DetailError),
-        (status = 401, body = DetailError), (status = 429, body = DetailError)), security(("api_key" = []), ("bearer" = [])))]
+    responses((status = 200, body = ConversationResponse), RecordErrors), security(("api_key" = []), ("bearer" = [])))]
 pub async fn get_conversation(
     State(state): State<AppState>,
     caller: Caller,
@@ -80,8 +81,7 @@ pub async fn get_conversation(
 }
 
 #[utoipa::path(delete, path = "/conversation/{id}", tag = "conversations", params(("id" = String, Path)),
-    responses((status = 200, description = "`{\"status\": \"deleted\"}`", body = Object), (status = 404, body = DetailError),
-        (status = 401, body = DetailError), (status = 429, body = DetailError)), security(("api_key" = []), ("bearer" = [])))]
+    responses((status = 200, description = "`{\"status\": \"deleted\"}`", body = Object), RecordErrors), security(("api_key" = []), ("bearer" = [])))]
 pub async fn delete_conversation(
     State(state): State<AppState>,
     caller: Caller,

@@ -21,20 +21,16 @@ use crate::extract::{AppJson, AppQuery};
 use crate::metrics::GaugeGuard;
 use crate::middleware::auth::Caller;
 #[allow(unused_imports, reason = "named in the OpenAPI annotations")]
-use crate::openapi::{DetailError, OpenAiErrorBody, ValidationError};
+use crate::openapi::{
+    DetailError, ModelCallErrors, OpenAiErrorBody, RecordErrors, ValidationError,
+};
 use crate::routes::chat::{ChatInput, ChatQuery};
 use crate::state::AppState;
 
 #[utoipa::path(post, path = "/chat/stream", tag = "chat", request_body = ChatInput,
     responses((status = 200, description = "Server-Sent Events: `data: {\"content\"}` frames, then `data: {\"done\": true, \"conversation_id\", \"tokens_used\"}`; an error after the first byte is `event: error` with `{\"detail\"}`", content_type = "text/event-stream", body = String),
         (status = 404, description = "Conversation owned by another key", body = DetailError),
-        (status = 401, description = "Missing or unknown API key", body = DetailError),
-        (status = 413, description = "Body over the limit", body = DetailError),
-        (status = 422, description = "Invalid input", body = ValidationError),
-        (status = 429, description = "Rate limited (Retry-After set)", body = DetailError),
-        (status = 502, description = "The upstream failed", body = DetailError),
-        (status = 503, description = "Overloaded or store unavailable", body = DetailError),
-        (status = 504, description = "The upstream timed out", body = DetailError)), security(("api_key" = []), ("bearer" = [])))]
+        ModelCallErrors), security(("api_key" = []), ("bearer" = [])))]
 pub async fn stream_chat(
     State(state): State<AppState>,
     caller: Caller,
@@ -46,13 +42,7 @@ pub async fn stream_chat(
 
 #[utoipa::path(get, path = "/chat/stream", tag = "chat", params(ChatQuery),
     responses((status = 200, description = "The same stream as POST, for a browser's EventSource (`?api_key=` accepted here)", content_type = "text/event-stream", body = String),
-        (status = 401, description = "Missing or unknown API key", body = DetailError),
-        (status = 413, description = "Body over the limit", body = DetailError),
-        (status = 422, description = "Invalid input", body = ValidationError),
-        (status = 429, description = "Rate limited (Retry-After set)", body = DetailError),
-        (status = 502, description = "The upstream failed", body = DetailError),
-        (status = 503, description = "Overloaded or store unavailable", body = DetailError),
-        (status = 504, description = "The upstream timed out", body = DetailError)), security(("api_key" = []), ("bearer" = []), ("api_key_query" = [])))]
+        ModelCallErrors), security(("api_key" = []), ("bearer" = []), ("api_key_query" = [])))]
 pub async fn stream_chat_get(
     State(state): State<AppState>,
     caller: Caller,

@@ -11,7 +11,9 @@ use crate::error::{ApiError, FieldError};
 use crate::extract::{AppJson, AppQuery};
 use crate::middleware::auth::Caller;
 #[allow(unused_imports, reason = "named in the OpenAPI annotations")]
-use crate::openapi::{DetailError, OpenAiErrorBody, ValidationError};
+use crate::openapi::{
+    DetailError, ModelCallErrors, OpenAiErrorBody, RecordErrors, ValidationError,
+};
 use crate::routes::conversations::ListQuery;
 use crate::state::AppState;
 use crate::store::{Task, TaskStatus};
@@ -92,13 +94,7 @@ impl CreateTaskRequest {
 }
 
 #[utoipa::path(post, path = "/task", tag = "tasks", request_body = CreateTaskRequest,
-    responses((status = 202, body = TaskResponse), (status = 401, description = "Missing or unknown API key", body = DetailError),
-        (status = 413, description = "Body over the limit", body = DetailError),
-        (status = 422, description = "Invalid input", body = ValidationError),
-        (status = 429, description = "Rate limited (Retry-After set)", body = DetailError),
-        (status = 502, description = "The upstream failed", body = DetailError),
-        (status = 503, description = "Overloaded or store unavailable", body = DetailError),
-        (status = 504, description = "The upstream timed out", body = DetailError)), security(("api_key" = []), ("bearer" = [])))]
+    responses((status = 202, body = TaskResponse), ModelCallErrors), security(("api_key" = []), ("bearer" = [])))]
 pub async fn create_task(
     State(state): State<AppState>,
     caller: Caller,
@@ -110,8 +106,7 @@ pub async fn create_task(
 }
 
 #[utoipa::path(get, path = "/task/{task_id}", tag = "tasks", params(("task_id" = String, Path)),
-    responses((status = 200, body = TaskResponse), (status = 404, body = DetailError),
-        (status = 401, body = DetailError), (status = 429, body = DetailError)), security(("api_key" = []), ("bearer" = [])))]
+    responses((status = 200, body = TaskResponse), RecordErrors), security(("api_key" = []), ("bearer" = [])))]
 pub async fn get_task(
     State(state): State<AppState>,
     caller: Caller,
@@ -128,7 +123,7 @@ pub async fn get_task(
 /// Cancels a pending or running task; a finished one is returned as it is.
 #[utoipa::path(delete, path = "/task/{task_id}", tag = "tasks", params(("task_id" = String, Path)),
     responses((status = 200, description = "The task, cancelled if it was pending or running", body = TaskResponse),
-        (status = 404, body = DetailError), (status = 401, body = DetailError), (status = 429, body = DetailError)), security(("api_key" = []), ("bearer" = [])))]
+        RecordErrors), security(("api_key" = []), ("bearer" = [])))]
 pub async fn cancel_task(
     State(state): State<AppState>,
     caller: Caller,

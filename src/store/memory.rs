@@ -1,8 +1,9 @@
 //! In-memory stores on DashMap: the default, for one process.
 //!
-//! Memory is bounded: at most `max_conversations` conversations of at most `max_messages`
-//! messages each (the oldest turns are dropped, the system prompt kept), idle conversations
-//! expire after the TTL, finished tasks after theirs, and at most `max_tasks` tasks are kept.
+//! Memory is bounded: at most `max_conversations` conversations (when full, the least recently
+//! used are dropped) of at most `max_messages` messages each (the oldest turns are dropped, the
+//! system prompt kept), idle conversations expire after the TTL, finished tasks after theirs,
+//! and at most `max_tasks` tasks are kept.
 //! No DashMap guard is ever held across an `.await`.
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -57,6 +58,35 @@ impl MemoryConversationStore {
             max_messages,
             ttl,
         }
+    }
+
+    /// Full: drops expired conversations, then the least recently used tenth of the rest (not
+    /// those with a turn running), so that a bounded store keeps taking new conversations and
+    /// one scan pays for many inserts.
+    fn make_room(&self) {
+        self.expire();
+        if self.map.len() < self.max_conversations {
+            return;
+        }
+        let mut idle: Vec<(Instant, String)> = self
+            .map
+            .iter()
+            .filter(|e| e.value().turn.try_lock().is_ok())
+            .map(|e| (e.value().data().last_used, e.key().clone()))
+            .collect();
+        let evict = (self.max_conversations / 10).max(1).min(idle.len());
+        if evict == 0 {
+            return;
+        }
+        idle.select_nth_unstable_by_key(evict - 1, |(t, _)| *t);
+        for (_, id) in idle.into_iter().take(evict) {
+            self.map
+                .remove_if(&id, |_, slot| slot.turn.try_lock().is_ok());
+        }
+        tracing::info!(
+            evicted = evict,
+            "conversation store full: dropped the least recently used"
+        );
     }
 
     fn expire(&self) {
@@ -116,10 +146,10 @@ impl ConversationStore for MemoryConversationStore {
             Some(slot) => slot,
             None => {
                 if self.map.len() >= self.max_conversations {
-                    self.expire();
+                    self.make_room();
                     if self.map.len() >= self.max_conversations {
                         return Err(StoreError::Full(format!(
-                            "the server holds its maximum of {} conversations",
+                            "the server holds its maximum of {} conversations, all in use",
                             self.max_conversations
                         )));
                     }
@@ -341,10 +371,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn conversation_limit_is_enforced() {
-        let s = MemoryConversationStore::new(1, 10, Duration::from_secs(60));
-        let t = s.begin_turn("a", "one").await.unwrap().unwrap();
+    async fn a_full_store_drops_the_least_recently_used() {
+        let s = MemoryConversationStore::new(10, 10, Duration::from_secs(60));
+        for i in 0..10 {
+            let t = s.begin_turn("a", &format!("c{i}")).await.unwrap().unwrap();
+            t.commit(msgs(2)).await.unwrap();
+        }
+        // c0 is used again, so c1 is the least recently used.
+        let t = s.begin_turn("a", "c0").await.unwrap().unwrap();
         t.commit(msgs(2)).await.unwrap();
+        let t = s.begin_turn("a", "new").await.unwrap().unwrap();
+        t.commit(msgs(2)).await.unwrap();
+        assert_eq!(s.count().await.unwrap(), 10);
+        assert!(s.get("a", "c1").await.unwrap().is_none());
+        assert!(s.get("a", "c0").await.unwrap().is_some());
+        assert!(s.get("a", "new").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn conversations_in_a_turn_are_never_evicted() {
+        let s = MemoryConversationStore::new(1, 10, Duration::from_secs(60));
+        let _busy = s.begin_turn("a", "one").await.unwrap().unwrap();
         assert!(matches!(
             s.begin_turn("a", "two").await,
             Err(StoreError::Full(_))

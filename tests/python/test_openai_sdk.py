@@ -97,3 +97,94 @@ def test_bad_request_raises_bad_request_error(base_url):
         client(base_url).chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], temperature=5
         )
+
+
+# What /v1 answers validates against OpenAI's own published schemas
+# (tests/fixtures/openai/schemas.json, a copy of the components of OpenAI's openapi.json).
+
+import copy
+import pathlib
+
+import urllib.error
+import urllib.request
+
+import jsonschema
+
+SCHEMAS = json.loads(
+    (pathlib.Path(__file__).parent.parent / "fixtures" / "openai" / "schemas.json").read_text()
+)
+
+
+def _nullable_to_anyof(node):
+    """OpenAPI 3.0's `nullable: true` means nothing to JSON Schema: rewrite it as anyOf."""
+    if isinstance(node, dict):
+        node = {k: _nullable_to_anyof(v) for k, v in node.items()}
+        if node.pop("nullable", False):
+            return {"anyOf": [node, {"type": "null"}]}
+        return node
+    if isinstance(node, list):
+        return [_nullable_to_anyof(v) for v in node]
+    return node
+
+
+DOCUMENT = {"components": _nullable_to_anyof(copy.deepcopy(SCHEMAS["components"]))}
+
+
+def validate(instance, name):
+    schema = {"$ref": f"#/components/schemas/{name}", **DOCUMENT}
+    jsonschema.validate(instance, schema)
+
+
+class Raw:
+    def __init__(self, status_code, text):
+        self.status_code, self.text = status_code, text
+
+    def json(self):
+        return json.loads(self.text)
+
+
+def raw(base_url, method, path, body=None, key=KEY):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        base_url + path,
+        data=data,
+        method=method,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as res:
+            return Raw(res.status, res.read().decode())
+    except urllib.error.HTTPError as err:
+        return Raw(err.code, err.read().decode())
+
+
+def test_answers_validate_against_openai_schemas(base_url):
+    request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "schema check"}]}
+    validate(request, "CreateChatCompletionRequest")
+
+    res = raw(base_url, "POST", "/chat/completions", request)
+    assert res.status_code == 200
+    validate(res.json(), "CreateChatCompletionResponse")
+
+    streamed = dict(request, stream=True, stream_options={"include_usage": True})
+    res = raw(base_url, "POST", "/chat/completions", streamed)
+    chunks = [
+        json.loads(line[len("data: "):])
+        for line in res.text.splitlines()
+        if line.startswith("data: ") and line != "data: [DONE]"
+    ]
+    assert len(chunks) > 3
+    for chunk in chunks:
+        validate(chunk, "CreateChatCompletionStreamResponse")
+    assert res.text.rstrip().endswith("data: [DONE]")
+
+    res = raw(base_url, "GET", "/models")
+    validate(res.json(), "ListModelsResponse")
+
+    for status, res in [
+        (401, raw(base_url, "POST", "/chat/completions", request, key="wrong")),
+        (400, raw(base_url, "POST", "/chat/completions", {"model": "m", "messages": []})),
+        (404, raw(base_url, "GET", "/nothing")),
+    ]:
+        assert res.status_code == status
+        validate(res.json(), "ErrorResponse")
