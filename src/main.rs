@@ -3,6 +3,10 @@
 use agent_api::config::{Config, LogFormat};
 use agent_api::state::AppState;
 
+/// mimalloc, chosen by measurement: glibc malloc was ~20% of a `/chat` request's CPU profile.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     // A missing .env is normal; a broken one is reported once logging is up.

@@ -1,7 +1,7 @@
 //! In-memory stores on DashMap: the default, for one process.
 //!
 //! Memory is bounded: at most `max_conversations` conversations (when full, the least recently
-//! used are dropped) of at most `max_messages` messages each (the oldest turns are dropped, the
+//! used quarter is dropped) of at most `max_messages` messages each (the oldest turns are dropped, the
 //! system prompt kept), idle conversations expire after the TTL, finished tasks after theirs,
 //! and at most `max_tasks` tasks are kept.
 //! No DashMap guard is ever held across an `.await`.
@@ -60,30 +60,29 @@ impl MemoryConversationStore {
         }
     }
 
-    /// Full: drops expired conversations, then the least recently used tenth of the rest (not
-    /// those with a turn running), so that a bounded store keeps taking new conversations and
-    /// one scan pays for many inserts.
+    /// Full: drops the least recently used quarter (expired ones are the oldest of all), never
+    /// a conversation with a turn running, so that a bounded store keeps taking new
+    /// conversations and one scan pays for many inserts.
     fn make_room(&self) {
-        self.expire();
-        if self.map.len() < self.max_conversations {
-            return;
+        let mut idle: Vec<(Instant, Arc<Slot>, String)> = Vec::with_capacity(self.map.len());
+        for e in self.map.iter() {
+            if e.value().turn.try_lock().is_ok() {
+                let used = e.value().data().last_used;
+                idle.push((used, Arc::clone(e.value()), e.key().clone()));
+            }
         }
-        let mut idle: Vec<(Instant, String)> = self
-            .map
-            .iter()
-            .filter(|e| e.value().turn.try_lock().is_ok())
-            .map(|e| (e.value().data().last_used, e.key().clone()))
-            .collect();
-        let evict = (self.max_conversations / 10).max(1).min(idle.len());
+        let evict = (self.max_conversations / 4).max(1).min(idle.len());
         if evict == 0 {
             return;
         }
-        idle.select_nth_unstable_by_key(evict - 1, |(t, _)| *t);
-        for (_, id) in idle.into_iter().take(evict) {
-            self.map
-                .remove_if(&id, |_, slot| slot.turn.try_lock().is_ok());
+        idle.select_nth_unstable_by_key(evict - 1, |(t, _, _)| *t);
+        for (_, slot, id) in idle.into_iter().take(evict) {
+            // Only if it is still that slot and still idle.
+            self.map.remove_if(&id, |_, now| {
+                Arc::ptr_eq(now, &slot) && now.turn.try_lock().is_ok()
+            });
         }
-        tracing::info!(
+        tracing::debug!(
             evicted = evict,
             "conversation store full: dropped the least recently used"
         );
@@ -382,8 +381,11 @@ mod tests {
         t.commit(msgs(2)).await.unwrap();
         let t = s.begin_turn("a", "new").await.unwrap().unwrap();
         t.commit(msgs(2)).await.unwrap();
-        assert_eq!(s.count().await.unwrap(), 10);
+        // A quarter (2 of 10) made room: c1 and c2, the least recently used.
+        assert_eq!(s.count().await.unwrap(), 9);
         assert!(s.get("a", "c1").await.unwrap().is_none());
+        assert!(s.get("a", "c2").await.unwrap().is_none());
+        assert!(s.get("a", "c3").await.unwrap().is_some());
         assert!(s.get("a", "c0").await.unwrap().is_some());
         assert!(s.get("a", "new").await.unwrap().is_some());
     }
