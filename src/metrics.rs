@@ -7,9 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -201,39 +200,43 @@ fn add_upstream_time(d: Duration) {
     let _ = UPSTREAM_NANOS.try_with(|n| n.fetch_add(d.as_nanos() as u64, Ordering::Relaxed));
 }
 
-/// The metrics layer: counts and times every request, and its overhead over the upstream.
-pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+/// Runs `fut` (a request) and says how long it waited on the upstream meanwhile.
+pub async fn timed<F: std::future::Future>(fut: F) -> (F::Output, Duration) {
     let upstream = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let res = UPSTREAM_NANOS
-        .scope(Arc::clone(&upstream), next.run(req))
-        .await;
-    let total = started.elapsed();
-    let m = &state.metrics;
-    let labels = RouteLabels { method, route };
-    m.request_duration
-        .get_or_create(&labels)
-        .observe(total.as_secs_f64());
-    let waited = Duration::from_nanos(upstream.load(Ordering::Relaxed));
-    if waited > Duration::ZERO {
-        m.overhead
+    let out = UPSTREAM_NANOS.scope(Arc::clone(&upstream), fut).await;
+    (out, Duration::from_nanos(upstream.load(Ordering::Relaxed)))
+}
+
+impl Metrics {
+    /// Counts and times one request, and its overhead over the upstream when it called one.
+    pub fn record_request(
+        &self,
+        method: &axum::http::Method,
+        route: Option<String>,
+        status: axum::http::StatusCode,
+        total: Duration,
+        upstream: Duration,
+    ) {
+        let labels = RouteLabels {
+            method: method.as_str().to_owned(),
+            route: route.unwrap_or_else(|| "unmatched".to_owned()),
+        };
+        self.request_duration
             .get_or_create(&labels)
-            .observe(total.saturating_sub(waited).as_secs_f64());
+            .observe(total.as_secs_f64());
+        if upstream > Duration::ZERO {
+            self.overhead
+                .get_or_create(&labels)
+                .observe(total.saturating_sub(upstream).as_secs_f64());
+        }
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: labels.method,
+                route: labels.route,
+                status: status.as_u16(),
+            })
+            .inc();
     }
-    m.requests
-        .get_or_create(&RequestLabels {
-            method: labels.method,
-            route: labels.route,
-            status: res.status().as_u16(),
-        })
-        .inc();
-    res
 }
 
 /// `GET /metrics`.

@@ -50,6 +50,8 @@ struct PreparedTurn {
     lease: Box<dyn TurnLease>,
     conversation_id: String,
     request: ChatRequest,
+    /// The whole history sent (for counting tokens when the upstream reports none).
+    sent: Vec<Message>,
     /// The messages this turn adds before the answer (the system prompt on a new conversation,
     /// then the user message).
     new_messages: Vec<Message>,
@@ -80,14 +82,15 @@ async fn prepare(
         lease,
         conversation_id,
         request,
+        sent: messages,
         new_messages,
     })
 }
 
-fn tokens(usage: Option<Usage>, request: &ChatRequest, answer: &str) -> u64 {
+fn tokens(usage: Option<Usage>, sent: &[Message], answer: &str) -> u64 {
     usage.map(|u| u.total_tokens).unwrap_or_else(|| {
         // The upstream reported no usage: count words, so that the number is never absent.
-        count_tokens(&request.all_text()) + count_tokens(answer)
+        sent.iter().map(|m| count_tokens(&m.content)).sum::<u64>() + count_tokens(answer)
     })
 }
 
@@ -99,16 +102,20 @@ pub async fn run_turn(
     owner: &str,
     turn: ChatTurn,
 ) -> Result<TurnOutcome, AgentError> {
-    let mut prepared = prepare(store, owner, turn).await?;
-    tracing::Span::current().record("conversation_id", prepared.conversation_id.as_str());
-    let completion = llm.complete(prepared.request.clone()).await?;
-    let tokens_used = tokens(completion.usage, &prepared.request, &completion.content);
-    prepared
-        .new_messages
-        .push(Message::new("assistant", completion.content.clone()));
-    prepared.lease.commit(prepared.new_messages).await?;
+    let PreparedTurn {
+        lease,
+        conversation_id,
+        request,
+        sent,
+        mut new_messages,
+    } = prepare(store, owner, turn).await?;
+    tracing::Span::current().record("conversation_id", conversation_id.as_str());
+    let completion = llm.complete(request).await?;
+    let tokens_used = tokens(completion.usage, &sent, &completion.content);
+    new_messages.push(Message::new("assistant", completion.content.clone()));
+    lease.commit(new_messages).await?;
     Ok(TurnOutcome {
-        conversation_id: prepared.conversation_id,
+        conversation_id,
         response: completion.content,
         tokens_used,
     })
@@ -151,8 +158,9 @@ pub async fn stream_turn(
     owner: &str,
     turn: ChatTurn,
 ) -> Result<(String, TurnStream), AgentError> {
-    let prepared = prepare(store, owner, turn).await?;
-    let upstream = llm.stream(prepared.request.clone()).await?;
+    let mut prepared = prepare(store, owner, turn).await?;
+    let request = std::mem::take(&mut prepared.request);
+    let upstream = llm.stream(request).await?;
     let id = prepared.conversation_id.clone();
     struct St {
         prepared: Option<PreparedTurn>,
@@ -184,7 +192,7 @@ pub async fn stream_turn(
                 }
                 None => {
                     let mut prepared = st.prepared.take()?;
-                    let tokens_used = tokens(st.usage, &prepared.request, &st.answer);
+                    let tokens_used = tokens(st.usage, &prepared.sent, &st.answer);
                     prepared
                         .new_messages
                         .push(Message::new("assistant", std::mem::take(&mut st.answer)));

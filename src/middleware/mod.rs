@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::middleware::{Next, from_fn_with_state};
 use axum::response::Response;
 use axum::{Extension, Router};
 use tokio::sync::Semaphore;
@@ -25,10 +25,14 @@ use crate::state::AppState;
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Wraps the router in every layer, outermost first:
-/// request id → metrics → access log (one span per request) → CORS → in-flight cap → timeout →
-/// client IP → per-IP rate limit → API-key auth → body limit → router.
+/// request id → metrics and access log (one span per request) → CORS → in-flight cap and
+/// timeout → client IP and per-IP rate limit → API-key auth → body limit → router.
+/// (Related steps share one layer: each `from_fn` layer costs a boxed future per request.)
 pub fn apply(router: Router<AppState>, state: &AppState) -> Router {
-    let in_flight = Arc::new(Semaphore::new(state.config.max_in_flight));
+    let limits = Limits {
+        in_flight: Arc::new(Semaphore::new(state.config.max_in_flight)),
+        timeout: state.config.request_timeout,
+    };
     router
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(Extension(BodyLimit(state.config.max_body_bytes)))
@@ -38,16 +42,10 @@ pub fn apply(router: Router<AppState>, state: &AppState) -> Router {
                     X_REQUEST_ID.clone(),
                     MakeRequestUuid,
                 ))
-                .layer(from_fn_with_state(state.clone(), crate::metrics::track))
-                .layer(from_fn(access_log))
+                .layer(from_fn_with_state(state.clone(), observe))
                 .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
                 .layer(cors(state))
-                .layer(from_fn_with_state(in_flight, shed_load))
-                .layer(from_fn_with_state(state.clone(), timeout))
-                .layer(from_fn_with_state(
-                    state.clone(),
-                    rate_limit::resolve_client_ip,
-                ))
+                .layer(from_fn_with_state(limits, shed_and_time_out))
                 .layer(from_fn_with_state(state.clone(), rate_limit::limit_per_ip))
                 .layer(from_fn_with_state(state.clone(), auth::require_api_key)),
         )
@@ -84,9 +82,15 @@ fn cors(state: &AppState) -> CorsLayer {
         ])
 }
 
-/// One span per request, with its id; one line when it is answered. The query string is never
-/// logged (it may hold `api_key`).
-async fn access_log(req: Request, next: Next) -> Response {
+/// Metrics for every request, and one span per request with its id and one log line when it
+/// is answered. The query string is never logged (it may hold `api_key`).
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let metrics = Arc::clone(&state.metrics);
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let method = req.method().clone();
     let request_id = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -101,7 +105,8 @@ async fn access_log(req: Request, next: Next) -> Response {
     );
     let started = Instant::now();
     async move {
-        let res = next.run(req).await;
+        let (res, upstream) = crate::metrics::timed(next.run(req)).await;
+        metrics.record_request(&method, route, res.status(), started.elapsed(), upstream);
         let status = res.status().as_u16();
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         match res.extensions().get::<LoggedError>() {
@@ -117,28 +122,27 @@ async fn access_log(req: Request, next: Next) -> Response {
     .await
 }
 
-/// Sheds load with 503 and `Retry-After` once `MAX_IN_FLIGHT` requests are being answered,
-/// instead of queueing without end. A request counts until its response head is ready.
-async fn shed_load(State(slots): State<Arc<Semaphore>>, req: Request, next: Next) -> Response {
-    match slots.try_acquire() {
-        Ok(_permit) => next.run(req).await,
-        Err(_) => {
-            let path = req.uri().path().to_owned();
-            respond(
-                ApiError::Overloaded("the server is at its limit of requests in flight".into()),
-                &path,
-            )
-        }
-    }
+#[derive(Clone)]
+struct Limits {
+    in_flight: Arc<Semaphore>,
+    timeout: std::time::Duration,
 }
 
-/// Bounds the time until the response head (`REQUEST_TIMEOUT_SECS`). Streams and WebSockets
+/// Sheds load with 503 and `Retry-After` once `MAX_IN_FLIGHT` requests are being answered,
+/// instead of queueing without end (a request counts until its response head is ready), and
+/// bounds the time until the response head (`REQUEST_TIMEOUT_SECS`). Streams and WebSockets
 /// answer their head at once, so only non-streaming work is cut.
-async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn shed_and_time_out(State(limits): State<Limits>, req: Request, next: Next) -> Response {
+    let Ok(_permit) = limits.in_flight.try_acquire() else {
+        let path = req.uri().path().to_owned();
+        return respond(
+            ApiError::Overloaded("the server is at its limit of requests in flight".into()),
+            &path,
+        );
+    };
     let path = req.uri().path().to_owned();
-    let limit = state.config.request_timeout;
-    match tokio::time::timeout(limit, next.run(req)).await {
+    match tokio::time::timeout(limits.timeout, next.run(req)).await {
         Ok(res) => res,
-        Err(_) => respond(ApiError::Timeout(limit), &path),
+        Err(_) => respond(ApiError::Timeout(limits.timeout), &path),
     }
 }

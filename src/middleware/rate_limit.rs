@@ -225,12 +225,8 @@ fn set_headers(headers: &mut HeaderMap, d: &Decision) {
     headers.insert("ratelimit-reset", HeaderValue::from(reset));
 }
 
-/// Finds the client IP and puts it into the request as [`ClientIp`].
-pub async fn resolve_client_ip(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+/// Finds the client IP (put into the request as [`ClientIp`]) and takes a token for it.
+pub async fn limit_per_ip(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -238,20 +234,10 @@ pub async fn resolve_client_ip(
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let ip = state.limiter.client_ip(peer, req.headers());
     req.extensions_mut().insert(ClientIp(ip));
-    next.run(req).await
-}
-
-/// The per-IP limit layer; runs before auth, so that guessing keys costs budget too.
-pub async fn limit_per_ip(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     if unlimited(path) {
         return next.run(req).await;
     }
-    let ip = req
-        .extensions()
-        .get::<ClientIp>()
-        .map(|c| c.0)
-        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let decision = match state.limiter.check(ip, None).await {
         Ok(d) => d,
         Err(e) => return respond(ApiError::Store(e), path),
