@@ -23,15 +23,38 @@ use crate::state::AppState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub method: String,
-    pub route: String,
+    pub method: &'static str,
+    pub route: &'static str,
     pub status: u16,
 }
 
+/// Labels are static strings (the route table's own paths), so recording allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub method: String,
-    pub route: String,
+    pub method: &'static str,
+    pub route: &'static str,
+}
+
+/// The route table's own `&'static str` for a matched path ("unmatched" for none).
+pub fn route_label(matched: Option<&str>) -> &'static str {
+    matched
+        .and_then(|m| crate::routes::ROUTES.iter().find(|r| r.path == m))
+        .map(|r| r.path)
+        .unwrap_or("unmatched")
+}
+
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -211,16 +234,13 @@ impl Metrics {
     /// Counts and times one request, and its overhead over the upstream when it called one.
     pub fn record_request(
         &self,
-        method: &axum::http::Method,
-        route: Option<String>,
+        method: &'static str,
+        route: &'static str,
         status: axum::http::StatusCode,
         total: Duration,
         upstream: Duration,
     ) {
-        let labels = RouteLabels {
-            method: method.as_str().to_owned(),
-            route: route.unwrap_or_else(|| "unmatched".to_owned()),
-        };
+        let labels = RouteLabels { method, route };
         self.request_duration
             .get_or_create(&labels)
             .observe(total.as_secs_f64());
@@ -361,13 +381,13 @@ mod tests {
     fn names_follow_prometheus_conventions() {
         let m = Metrics::new();
         let labels = RouteLabels {
-            method: "POST".into(),
-            route: "/chat".into(),
+            method: "POST",
+            route: "/chat",
         };
         m.requests
             .get_or_create(&RequestLabels {
-                method: "POST".into(),
-                route: "/chat".into(),
+                method: "POST",
+                route: "/chat",
                 status: 200,
             })
             .inc();

@@ -86,32 +86,36 @@ fn cors(state: &AppState) -> CorsLayer {
 /// is answered. The query string is never logged (it may hold `api_key`).
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let metrics = Arc::clone(&state.metrics);
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_owned());
-    let method = req.method().clone();
-    let request_id = req
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_owned();
+    let route = crate::metrics::route_label(
+        req.extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map(|p| p.as_str()),
+    );
+    let method = crate::metrics::method_label(req.method());
+    // A cheap handle (shared bytes), so that an error line can name the request even when
+    // the INFO span is filtered out.
+    let request_id = req.headers().get(&X_REQUEST_ID).cloned();
+    let id = move || {
+        request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok().map(str::to_owned))
+            .unwrap_or_default()
+    };
     let span = tracing::info_span!(
         "request",
         method = %req.method(),
         path = %req.uri().path(),
-        request_id = %request_id,
+        request_id = %id(),
     );
     let started = Instant::now();
     async move {
         let (res, upstream) = crate::metrics::timed(next.run(req)).await;
-        metrics.record_request(&method, route, res.status(), started.elapsed(), upstream);
+        metrics.record_request(method, route, res.status(), started.elapsed(), upstream);
         let status = res.status().as_u16();
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         match res.extensions().get::<LoggedError>() {
             Some(LoggedError(error)) if status >= 500 => {
-                tracing::warn!(status, ms, error = %error, "answered")
+                tracing::warn!(status, ms, error = %error, request_id = %id(), "answered")
             }
             Some(LoggedError(error)) => tracing::info!(status, ms, error = %error, "answered"),
             None => tracing::info!(status, ms, "answered"),
