@@ -48,6 +48,19 @@ if [ -n "$HOLD" ]; then
 fi
 
 echo
+echo "## memory with 1000 open WebSockets (bench/ws_hold.py; needs python's websockets package)"
+PY="${BENCH_PYTHON:-python3}"
+if "$PY" -c "import websockets" 2>/dev/null; then
+  env $server_env PORT=$((PORT + 1)) ECHO_DELAY_MS=0 "$bin" > /dev/null 2>&1 &
+  ws_server=$!
+  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$((PORT + 1))/health" >/dev/null && break; sleep 0.1; done
+  "$PY" "$root/bench/ws_hold.py" --url "ws://127.0.0.1:$((PORT + 1))" --pid "$ws_server" --count 1000 --key "$KEY" || true
+  kill "$ws_server" 2>/dev/null || true
+else
+  echo "skipped: pip install websockets (or set BENCH_PYTHON to a python that has it)"
+fi
+
+echo
 echo "## open loop: $RATE requests/s for 10 s, POST /chat vs the mock directly"
 mock_bin="${MOCK_BIN:-$HOME/.cache/agent-api-bench/mock-openai/release/mock-openai}"
 [ -x "$mock_bin" ] || cargo build --release --quiet --manifest-path "$HARNESS/mock-openai/Cargo.toml" \

@@ -100,8 +100,13 @@ pub async fn connect(
     // Frames up to 4x the message limit are read (and refused politely); beyond that the
     // connection is dropped, so that memory per socket stays bounded.
     let hard_cap = state.config.ws_max_message_bytes.saturating_mul(4);
+    // tungstenite's default 128 KiB read buffer made an idle socket cost ~134 KiB; frames are
+    // small here, and `max_write_buffer_size` bounds what a slow reader can pile up.
     ws.max_message_size(hard_cap)
         .max_frame_size(hard_cap)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(hard_cap.max(64 * 1024))
         .on_upgrade(move |socket| async move {
             let key = format!("{}\u{0}{}", caller.owner, client_id);
             let (generation, replaced) = state.sockets.register(&key);
