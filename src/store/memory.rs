@@ -6,6 +6,7 @@
 //! and at most `max_tasks` tasks are kept.
 //! No DashMap guard is ever held across an `.await`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,10 @@ use super::{
 use crate::llm::Message;
 
 pub struct MemoryConversationStore {
-    map: DashMap<String, Arc<Slot>>,
+    /// Shared with the background eviction job.
+    map: Arc<DashMap<String, Arc<Slot>>>,
+    /// Set while a background eviction runs, so that only one does.
+    evicting: Arc<AtomicBool>,
     max_conversations: usize,
     max_messages: usize,
     ttl: Duration,
@@ -53,39 +57,30 @@ impl Slot {
 impl MemoryConversationStore {
     pub fn new(max_conversations: usize, max_messages: usize, ttl: Duration) -> Self {
         Self {
-            map: DashMap::new(),
+            map: Arc::new(DashMap::new()),
+            evicting: Arc::new(AtomicBool::new(false)),
             max_conversations,
             max_messages,
             ttl,
         }
     }
 
-    /// Full: drops the least recently used quarter (expired ones are the oldest of all), never
-    /// a conversation with a turn running, so that a bounded store keeps taking new
-    /// conversations and one scan pays for many inserts.
-    fn make_room(&self) {
-        let mut idle: Vec<(Instant, Arc<Slot>, String)> = Vec::with_capacity(self.map.len());
-        for e in self.map.iter() {
-            if e.value().turn.try_lock().is_ok() {
-                let used = e.value().data().last_used;
-                idle.push((used, Arc::clone(e.value()), e.key().clone()));
-            }
-        }
-        let evict = (self.max_conversations / 4).max(1).min(idle.len());
-        if evict == 0 {
+    /// Nearly full (90%): drops the least recently used quarter in a background job, so that
+    /// requests do not pay for the scan. Only when completely full does a request wait for it.
+    fn make_room_soon(&self) {
+        if self.evicting.swap(true, Ordering::AcqRel) {
             return;
         }
-        idle.select_nth_unstable_by_key(evict - 1, |(t, _, _)| *t);
-        for (_, slot, id) in idle.into_iter().take(evict) {
-            // Only if it is still that slot and still idle.
-            self.map.remove_if(&id, |_, now| {
-                Arc::ptr_eq(now, &slot) && now.turn.try_lock().is_ok()
-            });
-        }
-        tracing::debug!(
-            evicted = evict,
-            "conversation store full: dropped the least recently used"
+        let (map, evicting, max) = (
+            Arc::clone(&self.map),
+            Arc::clone(&self.evicting),
+            self.max_conversations,
         );
+        // CPU-bound work that must not hold up a runtime thread: the blocking pool runs it.
+        tokio::task::spawn_blocking(move || {
+            make_room(&map, max);
+            evicting.store(false, Ordering::Release);
+        });
     }
 
     fn expire(&self) {
@@ -95,6 +90,34 @@ impl MemoryConversationStore {
             slot.turn.try_lock().is_err() || slot.data().last_used.elapsed() < ttl
         });
     }
+}
+
+/// Drops the least recently used quarter of `max` (expired ones are the oldest of all), never a
+/// conversation with a turn running, so that a bounded store keeps taking new conversations and
+/// one scan pays for many inserts.
+fn make_room(map: &DashMap<String, Arc<Slot>>, max: usize) {
+    let mut idle: Vec<(Instant, Arc<Slot>, String)> = Vec::with_capacity(map.len());
+    for e in map.iter() {
+        if e.value().turn.try_lock().is_ok() {
+            let used = e.value().data().last_used;
+            idle.push((used, Arc::clone(e.value()), e.key().clone()));
+        }
+    }
+    let evict = (max / 4).max(1).min(idle.len());
+    if evict == 0 {
+        return;
+    }
+    idle.select_nth_unstable_by_key(evict - 1, |(t, _, _)| *t);
+    for (_, slot, id) in idle.into_iter().take(evict) {
+        // Only if it is still that slot and still idle.
+        map.remove_if(&id, |_, now| {
+            Arc::ptr_eq(now, &slot) && now.turn.try_lock().is_ok()
+        });
+    }
+    tracing::debug!(
+        evicted = evict,
+        "conversation store full: dropped the least recently used"
+    );
 }
 
 struct MemoryTurn {
@@ -144,8 +167,11 @@ impl ConversationStore for MemoryConversationStore {
         let slot = match existing {
             Some(slot) => slot,
             None => {
+                if self.map.len() >= self.max_conversations / 10 * 9 {
+                    self.make_room_soon();
+                }
                 if self.map.len() >= self.max_conversations {
-                    self.make_room();
+                    make_room(&self.map, self.max_conversations);
                     if self.map.len() >= self.max_conversations {
                         return Err(StoreError::Full(format!(
                             "the server holds its maximum of {} conversations, all in use",
@@ -370,24 +396,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_store_drops_the_least_recently_used() {
-        let s = MemoryConversationStore::new(10, 10, Duration::from_secs(60));
-        for i in 0..10 {
+    async fn make_room_drops_the_least_recently_used() {
+        let s = MemoryConversationStore::new(100, 10, Duration::from_secs(60));
+        for i in 0..8 {
             let t = s.begin_turn("a", &format!("c{i}")).await.unwrap().unwrap();
             t.commit(msgs(2)).await.unwrap();
         }
-        // c0 is used again, so c1 is the least recently used.
+        // c0 is used again, so c1 and c2 are the least recently used.
         let t = s.begin_turn("a", "c0").await.unwrap().unwrap();
         t.commit(msgs(2)).await.unwrap();
-        let t = s.begin_turn("a", "new").await.unwrap().unwrap();
-        t.commit(msgs(2)).await.unwrap();
-        // A quarter (2 of 10) made room: c1 and c2, the least recently used.
-        assert_eq!(s.count().await.unwrap(), 9);
+        make_room(&s.map, 8);
+        assert_eq!(s.count().await.unwrap(), 6);
         assert!(s.get("a", "c1").await.unwrap().is_none());
         assert!(s.get("a", "c2").await.unwrap().is_none());
         assert!(s.get("a", "c3").await.unwrap().is_some());
         assert!(s.get("a", "c0").await.unwrap().is_some());
-        assert!(s.get("a", "new").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_full_store_stays_bounded_and_keeps_taking_conversations() {
+        let s = MemoryConversationStore::new(10, 10, Duration::from_secs(60));
+        for i in 0..50 {
+            let t = s.begin_turn("a", &format!("c{i}")).await.unwrap().unwrap();
+            t.commit(msgs(2)).await.unwrap();
+            assert!(s.count().await.unwrap() <= 10);
+            assert!(s.get("a", &format!("c{i}")).await.unwrap().is_some());
+        }
     }
 
     #[tokio::test]
