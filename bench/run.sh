@@ -65,6 +65,9 @@ echo "## open loop: $RATE requests/s for 10 s, POST /chat vs the mock directly"
 mock_bin="${MOCK_BIN:-$HOME/.cache/agent-api-bench/mock-openai/release/mock-openai}"
 [ -x "$mock_bin" ] || cargo build --release --quiet --manifest-path "$HARNESS/mock-openai/Cargo.toml" \
   --target-dir "$HOME/.cache/agent-api-bench/mock-openai"
+if curl -sf http://127.0.0.1:18081/health > /dev/null; then
+  echo "bench: port 18081 is taken; stop what listens there" >&2; exit 1
+fi
 "$mock_bin" --port 18081 > /dev/null &
 mock=$!
 env $server_env OPENAI_BASE_URL=http://127.0.0.1:18081/v1 OPENAI_API_KEY=dummy "$bin" > /dev/null 2>&1 &

@@ -101,6 +101,22 @@ impl Redis {
         k
     }
 
+    /// The newest `limit` ids of an owner's index (`owner:{name}:{kind}`), and the index key.
+    async fn newest(
+        &self,
+        owner: &str,
+        kind: &str,
+        limit: usize,
+    ) -> Result<(String, Vec<String>), StoreError> {
+        let index = self.key(&["owner", owner, kind]);
+        let mut c = self.conn.clone();
+        let ids: Vec<String> = c
+            .zrevrange(&index, 0, limit as isize - 1)
+            .await
+            .map_err(unavailable)?;
+        Ok((index, ids))
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut c = self.conn.clone();
         redis::cmd("PING")
@@ -388,11 +404,7 @@ impl ConversationStore for RedisConversationStore {
     ) -> Result<Vec<ConversationSummary>, StoreError> {
         let r = &self.redis;
         let mut c = r.conn.clone();
-        let index = r.key(&["owner", owner, "convs"]);
-        let ids: Vec<String> = c
-            .zrevrange(&index, 0, limit as isize - 1)
-            .await
-            .map_err(unavailable)?;
+        let (index, ids) = r.newest(owner, "convs", limit).await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -530,11 +542,7 @@ impl TaskStore for RedisTaskStore {
     async fn list(&self, owner: &str, limit: usize) -> Result<Vec<Task>, StoreError> {
         let r = &self.redis;
         let mut c = r.conn.clone();
-        let index = r.key(&["owner", owner, "tasks"]);
-        let ids: Vec<String> = c
-            .zrevrange(&index, 0, limit as isize - 1)
-            .await
-            .map_err(unavailable)?;
+        let (index, ids) = r.newest(owner, "tasks", limit).await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
