@@ -203,3 +203,36 @@ async fn echo_serves_the_openai_routes_too() {
     }
     assert_eq!(text, "Echo: Say hello");
 }
+
+#[tokio::test]
+async fn leaving_a_v1_stream_cancels_the_upstream_call() {
+    let fake = FakeOpenAi::start_with(Behaviour {
+        chunks: 10,
+        chunk_delay: std::time::Duration::from_millis(400),
+        ..Default::default()
+    })
+    .await;
+    let app = TestApp::with_fake(&fake, |_| {}).await;
+    let res = app
+        .client
+        .post(format!("{}/v1/chat/completions", app.url))
+        .json(
+            &json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut body = res.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("chat.completion.chunk"));
+    drop(body);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    while fake.cancelled() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream stream was not cancelled within 1 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(fake.finished(), 0);
+}
