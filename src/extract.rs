@@ -9,19 +9,17 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, FieldError};
+use crate::state::AppState;
 
 /// A JSON body. Any content type is accepted (curl without `-H` works); the body must be JSON.
 pub struct AppJson<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AppJson<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for AppJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let limit = req
-            .extensions()
-            .get::<BodyLimit>()
-            .map(|l| l.0)
-            .unwrap_or(0);
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        // `DefaultBodyLimit` (set by `middleware::apply`) enforces it; this is for the message.
+        let limit = state.config.max_body_bytes;
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge { limit }
@@ -36,10 +34,6 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AppJson<T> {
         parse_json(&bytes).map(AppJson)
     }
 }
-
-/// The body limit in force, so that a 413 can say it; set by `middleware::apply`.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
 
 /// Parses JSON into `T`, naming the failing field as FastAPI does.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

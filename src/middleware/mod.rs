@@ -7,11 +7,11 @@ pub mod rate_limit;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::Response;
-use axum::{Extension, Router};
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -19,7 +19,6 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tracing::Instrument;
 
 use crate::error::{ApiError, LoggedError, respond};
-use crate::extract::BodyLimit;
 use crate::state::AppState;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -35,7 +34,6 @@ pub fn apply(router: Router<AppState>, state: &AppState) -> Router {
     };
     router
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(Extension(BodyLimit(state.config.max_body_bytes)))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(
