@@ -33,7 +33,7 @@ pub struct TurnOutcome {
     pub tokens_used: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AgentError {
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -133,17 +133,6 @@ pub enum TurnEvent {
     },
     /// The turn failed after it started; nothing was saved. The stream ends after this.
     Failed(AgentError),
-}
-
-impl Clone for AgentError {
-    fn clone(&self) -> Self {
-        match self {
-            Self::NotFound(k) => Self::NotFound(k),
-            Self::Llm(e) => Self::Llm(e.clone()),
-            Self::Store(e) => Self::Store(e.clone()),
-            Self::Busy(s) => Self::Busy(s.clone()),
-        }
-    }
 }
 
 pub type TurnStream = std::pin::Pin<Box<dyn futures::Stream<Item = TurnEvent> + Send>>;

@@ -11,10 +11,7 @@ use crate::config::Config;
 use crate::error::{ApiError, FieldError};
 use crate::extract::AppJson;
 use crate::middleware::auth::Caller;
-#[allow(unused_imports, reason = "named in the OpenAPI annotations")]
-use crate::openapi::{
-    DetailError, ModelCallErrors, OpenAiErrorBody, RecordErrors, ValidationError,
-};
+use crate::openapi::{DetailError, ModelCallErrors};
 use crate::state::AppState;
 
 pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful AI assistant.";

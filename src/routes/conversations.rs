@@ -10,10 +10,7 @@ use crate::error::ApiError;
 use crate::extract::AppQuery;
 use crate::llm::Message;
 use crate::middleware::auth::Caller;
-#[allow(unused_imports, reason = "named in the OpenAPI annotations")]
-use crate::openapi::{
-    DetailError, ModelCallErrors, OpenAiErrorBody, RecordErrors, ValidationError,
-};
+use crate::openapi::{DetailError, RecordErrors, ValidationError};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -17,8 +17,7 @@ use crate::error::{ApiError, FieldError, OpenAiError};
 use crate::extract::AppJson;
 use crate::llm::{ChatRequest, ChunkStream};
 use crate::metrics::GaugeGuard;
-#[allow(unused_imports, reason = "named in the OpenAPI annotations")]
-use crate::openapi::{DetailError, OpenAiErrorBody, ValidationError};
+use crate::openapi::OpenAiErrorBody;
 use crate::state::AppState;
 
 /// Checks the fields this server relies on, fills in the model, and leaves the rest alone.

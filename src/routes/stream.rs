@@ -20,10 +20,7 @@ use crate::error::ApiError;
 use crate::extract::{AppJson, AppQuery};
 use crate::metrics::GaugeGuard;
 use crate::middleware::auth::Caller;
-#[allow(unused_imports, reason = "named in the OpenAPI annotations")]
-use crate::openapi::{
-    DetailError, ModelCallErrors, OpenAiErrorBody, RecordErrors, ValidationError,
-};
+use crate::openapi::{DetailError, ModelCallErrors};
 use crate::routes::chat::{ChatInput, ChatQuery};
 use crate::state::AppState;
 

@@ -10,10 +10,7 @@ use crate::agent::runner::NewTask;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{AppJson, AppQuery};
 use crate::middleware::auth::Caller;
-#[allow(unused_imports, reason = "named in the OpenAPI annotations")]
-use crate::openapi::{
-    DetailError, ModelCallErrors, OpenAiErrorBody, RecordErrors, ValidationError,
-};
+use crate::openapi::{DetailError, ModelCallErrors, RecordErrors, ValidationError};
 use crate::routes::conversations::ListQuery;
 use crate::state::AppState;
 use crate::store::{Task, TaskStatus};

@@ -27,8 +27,7 @@ use crate::error::{ApiError, FieldError};
 use crate::metrics::GaugeGuard;
 use crate::middleware::auth::Caller;
 use crate::middleware::rate_limit::ClientIp;
-#[allow(unused_imports, reason = "named in the OpenAPI annotations")]
-use crate::openapi::{DetailError, OpenAiErrorBody, ValidationError};
+use crate::openapi::DetailError;
 use crate::routes::chat::{ChatInput, valid_id};
 use crate::state::AppState;
 
