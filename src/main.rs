@@ -18,7 +18,8 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    init_tracing(&config);
+    // Held until exit: dropping it flushes the log lines still queued.
+    let _log_guard = init_tracing(&config);
     if let Err(e) = dotenv
         && !e.not_found()
     {
@@ -51,10 +52,17 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_tracing(config: &Config) {
+/// Log lines are written by a background thread (tracing-appender), so that a slow stdout (a
+/// full pipe) never blocks a runtime thread; the queue is not lossy: when full, logging waits.
+fn init_tracing(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stdout());
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     match config.log_format {
         LogFormat::Json => builder
             .json()
@@ -63,6 +71,7 @@ fn init_tracing(config: &Config) {
             .init(),
         LogFormat::Pretty => builder.init(),
     }
+    guard
 }
 
 fn log_start(state: &AppState) {
