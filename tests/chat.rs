@@ -337,5 +337,37 @@ async fn health_and_ready() {
     .await;
     let (status, body) = down.get("/ready").await;
     assert_eq!(status, 503, "{body}");
-    let _: Value = body;
+    assert_eq!(body["status"], "not_ready");
+}
+
+#[tokio::test]
+async fn an_upstream_429_surfaces_as_429_with_retry_after() {
+    let fake = FakeOpenAi::start_with(Behaviour {
+        status: 429,
+        ..Default::default()
+    })
+    .await;
+    let app = TestApp::with_fake(&fake, |_| {}).await;
+    let res = app
+        .client
+        .post(format!("{}/chat", app.url))
+        .json(&json!({"message": "hi", "conversation_id": "busy-upstream"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    let body: Value = res.json().await.unwrap();
+    assert!(
+        body["detail"].as_str().unwrap().contains("rate limited"),
+        "{body}"
+    );
+    assert_eq!(fake.requests().len(), 1, "not retried");
+    let (status, _) = app.get("/conversation/busy-upstream").await;
+    assert_eq!(status, 404, "nothing saved");
 }

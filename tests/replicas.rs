@@ -37,27 +37,29 @@ fn pair(fake: &FakeOpenAi, prefix: &str, extra: &[(&str, &str)]) -> Pair {
     }
 }
 
+/// A request from `client_ip` (the replicas trust 127.0.0.1's X-Forwarded-For).
+async fn send(
+    method: reqwest::Method,
+    url: &str,
+    path: &str,
+    client_ip: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = common::client()
+        .request(method, format!("{url}{path}"))
+        .header("x-forwarded-for", client_ip);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    common::answer(req.send().await.unwrap()).await
+}
+
 async fn post(url: &str, path: &str, client_ip: &str, body: Value) -> (u16, Value) {
-    let res = common::client()
-        .post(format!("{url}{path}"))
-        .header("x-forwarded-for", client_ip)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(Value::Null))
+    send(reqwest::Method::POST, url, path, client_ip, Some(body)).await
 }
 
 async fn call(method: reqwest::Method, url: &str, path: &str, client_ip: &str) -> (u16, Value) {
-    let res = common::client()
-        .request(method, format!("{url}{path}"))
-        .header("x-forwarded-for", client_ip)
-        .send()
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(Value::Null))
+    send(method, url, path, client_ip, None).await
 }
 
 #[tokio::test]

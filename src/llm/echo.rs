@@ -75,10 +75,12 @@ impl LlmProvider for EchoProvider {
         }
         let slow = text.contains("[slow]");
         let answer = format!("Echo: {text}");
+        let (prompt_tokens, completion_tokens) =
+            (count_tokens(&req.all_text()), count_tokens(&answer));
         let usage = Usage {
-            prompt_tokens: count_tokens(&req.all_text()),
-            completion_tokens: count_tokens(&answer),
-            total_tokens: count_tokens(&req.all_text()) + count_tokens(&answer),
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
         };
         let id = format!("chatcmpl-echo-{}", uuid::Uuid::new_v4().simple());
         let model = req.model().to_owned();

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::agent::{self, ChatTurn};
 use crate::config::Config;
@@ -205,11 +205,6 @@ pub async fn create_chat(
         tokens_used: outcome.tokens_used,
         timestamp: Utc::now(),
     }))
-}
-
-/// FastAPI's answer to an unknown path.
-pub fn not_found_body() -> Value {
-    json!({"detail": "Not Found"})
 }
 
 #[cfg(test)]

@@ -96,7 +96,9 @@ async fn not_found(uri: Uri) -> Response {
     if uri.path().starts_with("/v1/") {
         return respond(ApiError::NotFound { kind: "route" }, uri.path());
     }
-    (StatusCode::NOT_FOUND, axum::Json(chat::not_found_body())).into_response()
+    // FastAPI's answer to an unknown path.
+    let body = serde_json::json!({"detail": "Not Found"});
+    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
 }
 
 async fn method_not_allowed() -> Response {

@@ -37,23 +37,15 @@ const TURN_LEASE: Duration = Duration::from_secs(15);
 
 fn unavailable(e: redis::RedisError) -> StoreError {
     tracing::debug!(error = %e, "redis call failed");
-    StoreError::Unavailable(format!("redis: {}", e.kind_str_or_default()))
+    StoreError::Unavailable(format!("redis: {}", describe(&e)))
 }
 
-trait KindStr {
-    fn kind_str_or_default(&self) -> String;
-}
-
-impl KindStr for redis::RedisError {
-    /// The error's kind and detail, never the URL (which may carry a password).
-    fn kind_str_or_default(&self) -> String {
-        let text = self.to_string();
-        // The message of a connection error can quote the address; keep only what follows
-        // the last `redis://` mention out of it.
-        match text.find("redis://").or_else(|| text.find("rediss://")) {
-            Some(i) => format!("{:?}: {}", self.kind(), &text[..i]),
-            None => text,
-        }
+/// The error's text, cut before any `redis://` address it quotes (which may carry a password).
+fn describe(e: &redis::RedisError) -> String {
+    let text = e.to_string();
+    match text.find("redis://").or_else(|| text.find("rediss://")) {
+        Some(i) => format!("{:?}: {}", e.kind(), &text[..i]),
+        None => text,
     }
 }
 

@@ -92,8 +92,7 @@ impl TestApp {
             .send()
             .await
             .unwrap();
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
+        answer(res).await
     }
 
     pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
@@ -105,8 +104,7 @@ impl TestApp {
             .send()
             .await
             .unwrap();
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
+        answer(res).await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
@@ -116,8 +114,7 @@ impl TestApp {
             .send()
             .await
             .unwrap();
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
+        answer(res).await
     }
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {
@@ -127,8 +124,7 @@ impl TestApp {
             .send()
             .await
             .unwrap();
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
+        answer(res).await
     }
 
     /// Polls a task until it is final (or fails the test after `secs`).
@@ -168,6 +164,12 @@ impl Drop for TestApp {
     }
 }
 
+/// A response's status and JSON body (`null` when the body is not JSON).
+pub async fn answer(res: reqwest::Response) -> (u16, Value) {
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
 /// An HTTP client for tests (with the TLS provider installed that reqwest needs).
 pub fn client() -> reqwest::Client {
     agent_api::llm::openai::install_crypto_provider();
@@ -203,8 +205,7 @@ pub async fn read_sse(res: reqwest::Response) -> Vec<(Duration, SseEvent)> {
                 if !current.data.is_empty() || current.event.is_some() {
                     out.push((started.elapsed(), std::mem::take(&mut current)));
                 }
-            } else if let Some(c) = line.strip_prefix(':') {
-                let _ = c;
+            } else if line.starts_with(':') {
                 current.comments += 1;
             } else if let Some(v) = line.strip_prefix("data:") {
                 if !current.data.is_empty() {
