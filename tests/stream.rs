@@ -161,6 +161,66 @@ async fn dropped_upstream_stream_gives_an_error_frame_and_the_server_keeps_servi
 }
 
 #[tokio::test]
+async fn an_error_object_or_garbage_mid_stream_ends_with_an_error_frame() {
+    let cases = [
+        (
+            r#"{"error": {"message": "upstream overloaded"}}"#,
+            "upstream overloaded",
+        ),
+        ("this is not json", "not a chat completion"),
+        (r#"{"choices": {"not": "a list"}}"#, "not a chat completion"),
+    ];
+    for (bad, expected) in cases {
+        let fake = FakeOpenAi::start_with(Behaviour {
+            chunks: 4,
+            bad_chunk: Some(bad.into()),
+            ..Default::default()
+        })
+        .await;
+        let app = TestApp::with_fake(&fake, |_| {}).await;
+        let events =
+            read_sse(open(&app, json!({"message": "hi", "conversation_id": "bad"})).await).await;
+        let last = &events.last().unwrap().1;
+        assert_eq!(last.event.as_deref(), Some("error"), "{bad}: {events:?}");
+        let detail: Value = serde_json::from_str(&last.data).unwrap();
+        assert!(
+            detail["detail"].as_str().unwrap().contains(expected),
+            "{bad}: {detail}"
+        );
+        assert_eq!(
+            events.len(),
+            2,
+            "one content frame, then the error: {events:?}"
+        );
+        let (status, _) = app.get("/conversation/bad").await;
+        assert_eq!(status, 404, "a failed stream saves nothing");
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_429_keeps_its_retry_after() {
+    let fake = FakeOpenAi::start_with(Behaviour {
+        status: 429,
+        retry_after: Some(7),
+        ..Default::default()
+    })
+    .await;
+    let app = TestApp::with_fake(&fake, |_| {}).await;
+    let res = open(&app, json!({"message": "hi"})).await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["retry-after"], "7");
+    let body: Value = res.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("fake upstream says 429"),
+        "{body}"
+    );
+    assert_eq!(fake.requests().len(), 1, "not retried");
+}
+
+#[tokio::test]
 async fn errors_before_the_first_byte_are_json() {
     let fake = FakeOpenAi::start_with(Behaviour {
         status: 500,

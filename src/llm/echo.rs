@@ -47,7 +47,7 @@ fn chunk_json(
     delta: Value,
     finish: Option<&str>,
     usage: Option<Usage>,
-) -> Value {
+) -> String {
     let mut v = json!({
         "id": id,
         "object": "chat.completion.chunk",
@@ -59,7 +59,7 @@ fn chunk_json(
         v["choices"] = json!([]);
         v["usage"] = json!(u);
     }
-    v
+    v.to_string()
 }
 
 #[async_trait]
@@ -112,7 +112,7 @@ impl LlmProvider for EchoProvider {
                 } else if !first && !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                Some((Ok(ChatChunk::from_raw(raw)), (it, false)))
+                Some((ChatChunk::parse(raw), (it, false)))
             },
         );
         Ok(guard_stream(Box::pin(stream), self.timeout))

@@ -7,7 +7,9 @@
 
 pub mod echo;
 pub mod openai;
+pub mod sse;
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -102,67 +104,127 @@ fn content_text(content: Option<&Value>) -> String {
     }
 }
 
-/// One streamed piece of an answer: the parsed view the tutorial routes need, and the raw
-/// OpenAI `chat.completion.chunk` that `/v1/chat/completions` forwards unchanged.
+/// One streamed piece of an answer: the parsed view the tutorial routes need, and the
+/// OpenAI `chat.completion.chunk` as the upstream wrote it (JSON text), which
+/// `/v1/chat/completions` forwards unchanged, without parsing it into a tree and writing it again.
 #[derive(Debug, Clone)]
 pub struct ChatChunk {
     pub delta: String,
     pub finish_reason: Option<String>,
     pub usage: Option<Usage>,
-    pub raw: Value,
+    /// `choices` is an empty array: the usage chunk that ends a stream when usage is asked for.
+    pub usage_only: bool,
+    pub raw: String,
 }
 
-impl ChatChunk {
-    /// Reads the parsed view out of an OpenAI chunk.
-    pub fn from_raw(raw: Value) -> Self {
-        let choice = raw.get("choices").and_then(|c| c.get(0));
-        let delta = choice
-            .and_then(|c| c.get("delta"))
-            .and_then(|d| d.get("content"))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let finish_reason = choice
-            .and_then(|c| c.get("finish_reason"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let usage = raw
-            .get("usage")
-            .filter(|u| !u.is_null())
-            .and_then(|u| serde_json::from_value(u.clone()).ok());
+/// The parts of OpenAI's chunk and completion objects this server reads; everything else is
+/// ignored here and passes through in `raw`. Strings are borrowed from the raw text when they
+/// hold no escapes.
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(default, borrow)]
+    choices: Option<Vec<WireChoice<'a>>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default, borrow)]
+    error: Option<WireError<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireChoice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<WireMessage<'a>>,
+    #[serde(default, borrow)]
+    message: Option<WireMessage<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct WireMessage<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct WireError<'a> {
+    #[serde(default, borrow)]
+    message: Option<Cow<'a, str>>,
+}
+
+/// Usage as upstreams report it; some leave out a count, which then reads as 0.
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    total_tokens: u64,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(u: WireUsage) -> Self {
         Self {
-            delta,
-            finish_reason,
-            usage,
-            raw,
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.total_tokens,
         }
     }
 }
 
-/// A whole (non-streamed) answer, with the raw OpenAI `chat.completion` object.
+fn parse_wire(raw: &str) -> Result<Wire<'_>, LlmError> {
+    let wire: Wire = serde_json::from_str(raw).map_err(|e| LlmError::BadResponse(e.to_string()))?;
+    if let Some(error) = &wire.error {
+        let message = error.message.as_deref().unwrap_or("error in stream");
+        return Err(LlmError::Failed(message.to_owned()));
+    }
+    Ok(wire)
+}
+
+impl ChatChunk {
+    /// Reads the parsed view out of an OpenAI chunk's JSON text. A chunk that is an
+    /// `{"error": ...}` object is the upstream failing mid-stream.
+    pub fn parse(raw: String) -> Result<Self, LlmError> {
+        let wire = parse_wire(&raw)?;
+        let usage_only = wire.choices.as_ref().is_some_and(Vec::is_empty);
+        let choice = wire.choices.and_then(|c| c.into_iter().next());
+        let (delta, finish_reason) = match choice {
+            Some(c) => (
+                c.delta.and_then(|d| d.content).map(Cow::into_owned),
+                c.finish_reason.map(Cow::into_owned),
+            ),
+            None => (None, None),
+        };
+        let usage = wire.usage.map(Usage::from);
+        Ok(Self {
+            delta: delta.unwrap_or_default(),
+            finish_reason,
+            usage,
+            usage_only,
+            raw,
+        })
+    }
+}
+
+/// A whole (non-streamed) answer, with the OpenAI `chat.completion` object as JSON text.
 #[derive(Debug, Clone)]
 pub struct Completion {
     pub content: String,
     pub usage: Option<Usage>,
-    pub raw: Value,
+    pub raw: String,
 }
 
 impl Completion {
-    pub fn from_raw(raw: Value) -> Result<Self, LlmError> {
-        let message = raw
-            .get("choices")
-            .and_then(|c| c.get(0))
-            .and_then(|c| c.get("message"))
+    pub fn parse(raw: String) -> Result<Self, LlmError> {
+        let wire = parse_wire(&raw)?;
+        let message = wire
+            .choices
+            .and_then(|c| c.into_iter().next())
+            .and_then(|c| c.message)
             .ok_or_else(|| LlmError::BadResponse("completion has no choices[0].message".into()))?;
-        let content = message
-            .get("content")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let usage = raw
-            .get("usage")
-            .filter(|u| !u.is_null())
-            .and_then(|u| serde_json::from_value(u.clone()).ok());
+        let content = message.content.map(Cow::into_owned).unwrap_or_default();
+        let usage = wire.usage.map(Usage::from);
         Ok(Self {
             content,
             usage,
@@ -238,7 +300,7 @@ pub fn completion_json(
     content: &str,
     finish: Option<&str>,
     usage: Option<Usage>,
-) -> Value {
+) -> String {
     json!({
         "id": format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
         "object": "chat.completion",
@@ -252,6 +314,7 @@ pub fn completion_json(
         }],
         "usage": usage.unwrap_or_default(),
     })
+    .to_string()
 }
 
 /// Wraps a chunk stream so that a pause longer than `idle` between chunks ends it with

@@ -8,14 +8,20 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_openai::Client;
+use async_openai::config::Config as _;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
 use async_openai::middleware::ReqwestService;
 use async_trait::async_trait;
 use futures::StreamExt;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use std::future::ready;
 
-use super::{ChatChunk, ChatRequest, ChunkStream, Completion, LlmError, LlmProvider, guard_stream};
+use super::{
+    ChatChunk, ChatRequest, ChunkStream, Completion, LlmError, LlmProvider, guard_stream, sse,
+};
 use crate::config::Secret;
 
 /// How long a successful readiness probe of the upstream is believed.
@@ -23,6 +29,11 @@ const READY_CACHE: Duration = Duration::from_secs(30);
 
 pub struct OpenAiProvider {
     client: Client<OpenAIConfig>,
+    /// The same pooled client, for streams (see [`OpenAiProvider::stream`]).
+    http: reqwest::Client,
+    /// `{base}/chat/completions` and the headers async-openai would send (the key), built once.
+    stream_url: String,
+    headers: HeaderMap,
     timeout: Duration,
     /// The upstream key, kept only to scrub it from upstream error messages.
     key: Option<Secret>,
@@ -51,6 +62,9 @@ impl OpenAiProvider {
             .with_api_base(base_url)
             .with_api_key(api_key.map(Secret::expose).unwrap_or("none"));
         Self {
+            http: http.clone(),
+            stream_url: config.url("/chat/completions"),
+            headers: config.headers(),
             // No retry layer: async-openai's default retries 429 and 5xx with backoff, which
             // in a gateway multiplies upstream cost and hides the upstream's answer from the
             // caller, who can retry (429 answers carry Retry-After).
@@ -65,25 +79,83 @@ impl OpenAiProvider {
     fn map_err(&self, err: OpenAIError) -> LlmError {
         map_error(err, self.key.as_ref(), self.timeout)
     }
+
+    fn map_reqwest(&self, err: reqwest::Error) -> LlmError {
+        if err.is_timeout() {
+            LlmError::Timeout(self.timeout)
+        } else {
+            LlmError::Connect(scrub(err.without_url().to_string(), self.key.as_ref()))
+        }
+    }
+
+    /// A non-2xx answer to a stream call, read as async-openai reads one for a unary call:
+    /// OpenAI's `{"error": {"message"}}`, or the text itself (5xx bodies need not be JSON).
+    /// At most [`MAX_ERROR_BODY`] bytes of it are read.
+    async fn status_error(&self, mut response: reqwest::Response) -> LlmError {
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let mut body = Vec::new();
+        let read = async {
+            while let Ok(Some(piece)) = response.chunk().await {
+                body.extend_from_slice(&piece);
+                if body.len() >= MAX_ERROR_BODY {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(self.timeout, read).await;
+        #[derive(serde::Deserialize)]
+        struct Wrapped {
+            error: Inner,
+        }
+        #[derive(serde::Deserialize)]
+        struct Inner {
+            message: String,
+        }
+        let message = match serde_json::from_slice::<Wrapped>(&body) {
+            Ok(w) => w.error.message,
+            Err(_) => String::from_utf8_lossy(&body).into_owned(),
+        };
+        let message = scrub(message, self.key.as_ref());
+        if status == 429 {
+            LlmError::RateLimited {
+                message,
+                retry_after,
+            }
+        } else {
+            LlmError::Status { status, message }
+        }
+    }
+}
+
+/// The most of an upstream error body that is read.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// The key cut out of a text from the upstream, and the text cut to 500 bytes.
+fn scrub(s: String, key: Option<&Secret>) -> String {
+    let mut s = match key {
+        Some(k) if !k.expose().is_empty() => s.replace(k.expose(), "***"),
+        _ => s,
+    };
+    if s.len() > 500 {
+        let mut end = 500;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
 }
 
 /// Maps an async-openai error to ours, with the key scrubbed and long texts cut.
 fn map_error(err: OpenAIError, key: Option<&Secret>, timeout: Duration) -> LlmError {
-    let scrub = |s: String| -> String {
-        let mut s = match key {
-            Some(k) if !k.expose().is_empty() => s.replace(k.expose(), "***"),
-            _ => s,
-        };
-        if s.len() > 500 {
-            let mut end = 500;
-            while !s.is_char_boundary(end) {
-                end -= 1;
-            }
-            s.truncate(end);
-            s.push('…');
-        }
-        s
-    };
+    let scrub = |s: String| scrub(s, key);
     match err {
         OpenAIError::ApiError(resp) => {
             let status = resp.status_code.as_u16();
@@ -116,14 +188,20 @@ impl LlmProvider for OpenAiProvider {
         body.insert("stream".into(), Value::Bool(false));
         body.remove("stream_options");
         let chat = self.client.chat();
-        let call = chat.create_byot::<_, Value>(Value::Object(body));
+        // Read as raw JSON text: parsed once into the few fields this server needs, and
+        // forwarded as it came by `/v1/chat/completions`.
+        let call = chat.create_byot::<_, Box<RawValue>>(Value::Object(body));
         let raw = tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| LlmError::Timeout(self.timeout))?
             .map_err(|e| self.map_err(e))?;
-        Completion::from_raw(raw)
+        Completion::parse(String::from(Box::<str>::from(raw)))
     }
 
+    /// Streams through [`super::sse`] rather than async-openai's stream, which spawns a task per
+    /// stream that reads the upstream into an unbounded channel however slowly the client reads
+    /// (and costs a task's memory per open stream). Here the upstream is read only as fast as the
+    /// client takes chunks, and dropping the stream drops the upstream response.
     async fn stream(&self, req: ChatRequest) -> Result<ChunkStream, LlmError> {
         let mut body = req.body;
         body.insert("stream".into(), Value::Bool(true));
@@ -133,23 +211,33 @@ impl LlmProvider for OpenAiProvider {
         if let Some(o) = options.as_object_mut() {
             o.insert("include_usage".into(), Value::Bool(true));
         }
-        let chat = self.client.chat();
-        let call = chat.create_stream_byot::<_, Value>(Value::Object(body));
-        let upstream = tokio::time::timeout(self.timeout, call)
+        let call = self
+            .http
+            .post(&self.stream_url)
+            .headers(self.headers.clone())
+            .json(&body)
+            .send();
+        let response = tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| LlmError::Timeout(self.timeout))?
-            .map_err(|e| self.map_err(e))?;
-        let (key, timeout) = (self.key.clone(), self.timeout);
-        let chunks = upstream.map(move |item| match item {
-            Ok(raw) if raw.get("error").is_some() => Err(LlmError::Failed(
-                raw["error"]["message"]
-                    .as_str()
-                    .unwrap_or("error in stream")
-                    .to_owned(),
-            )),
-            Ok(raw) => Ok(ChatChunk::from_raw(raw)),
-            Err(e) => Err(map_error(e, key.as_ref(), timeout)),
-        });
+            .map_err(|e| self.map_reqwest(e))?;
+        if !response.status().is_success() {
+            return Err(self.status_error(response).await);
+        }
+        let key = self.key.clone();
+        let chunks = sse::events(response.bytes_stream())
+            // `[DONE]` ends the stream: whatever the upstream sends after it is not read.
+            .take_while(|e| ready(!matches!(e, Ok(e) if e.data == "[DONE]")))
+            .filter_map(move |event| {
+                ready(match event {
+                    Ok(e) if e.event == "keepalive" => None,
+                    Ok(e) => Some(ChatChunk::parse(e.data)),
+                    Err(e) => Some(Err(LlmError::BadResponse(scrub(
+                        e.to_string(),
+                        key.as_ref(),
+                    )))),
+                })
+            });
         Ok(guard_stream(Box::pin(chunks), self.timeout))
     }
 

@@ -100,7 +100,9 @@ pub async fn chat_completions(
     let (request, stream, wants_usage) = validate(body, &state.config.chat_model)?;
     if !stream {
         let completion = state.llm.complete(request).await.map_err(ApiError::from)?;
-        return Ok(Json(completion.raw).into_response());
+        // The upstream's object as it came (its JSON text), not parsed and written again.
+        let json = HeaderValue::from_static("application/json");
+        return Ok(([(header::CONTENT_TYPE, json)], completion.raw).into_response());
     }
     let chunks = state.llm.stream(request).await.map_err(ApiError::from)?;
     let keep_alive = KeepAlive::new()
@@ -131,15 +133,10 @@ fn openai_events(
         loop {
             match chunks.next().await {
                 Some(Ok(chunk)) => {
-                    let usage_only = chunk
-                        .raw
-                        .get("choices")
-                        .and_then(Value::as_array)
-                        .is_some_and(Vec::is_empty);
-                    if usage_only && !wants_usage {
+                    if chunk.usage_only && !wants_usage {
                         continue;
                     }
-                    let event = Event::default().data(chunk.raw.to_string());
+                    let event = Event::default().data(chunk.raw);
                     return Some((Ok(event), Some(chunks)));
                 }
                 Some(Err(e)) => {

@@ -35,6 +35,10 @@ pub struct Behaviour {
     pub abort: bool,
     /// Send usage (in the completion, or as a last chunk when asked for).
     pub usage: bool,
+    /// With a non-200 `status`: send this `Retry-After` (seconds).
+    pub retry_after: Option<u64>,
+    /// Streams: send this as the `data:` of the second content chunk instead of the chunk.
+    pub bad_chunk: Option<String>,
 }
 
 impl Default for Behaviour {
@@ -50,6 +54,8 @@ impl Default for Behaviour {
             stop_after: None,
             abort: false,
             usage: true,
+            retry_after: None,
+            bad_chunk: None,
         }
     }
 }
@@ -181,7 +187,12 @@ async fn completions(
         let status = StatusCode::from_u16(b.status).unwrap();
         let body = json!({"error": {"message": format!("fake upstream says {}", b.status),
             "type": "server_error", "param": null, "code": null}});
-        return (status, Json(body)).into_response();
+        let mut res = (status, Json(body)).into_response();
+        if let Some(secs) = b.retry_after {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, secs.to_string().parse().unwrap());
+        }
+        return res;
     }
     if b.garbage {
         return (
@@ -213,8 +224,11 @@ async fn completions(
     )];
     let pieces = split_words(&b.content, b.chunks);
     let content_count = pieces.len();
-    for p in pieces {
-        events.push(chunk(&model, json!({"content": p}), None));
+    for (i, p) in pieces.into_iter().enumerate() {
+        match &b.bad_chunk {
+            Some(bad) if i == 1 => events.push(Value::String(bad.clone())),
+            _ => events.push(chunk(&model, json!({"content": p}), None)),
+        }
     }
     events.push(chunk(&model, json!({}), Some("stop")));
     if include_usage {
@@ -252,8 +266,12 @@ async fn completions(
                     } else if i > 1 && i <= content_count {
                         tokio::time::sleep(b.chunk_delay).await;
                     }
+                    let data = match ev {
+                        Value::String(raw) => raw,
+                        ev => ev.to_string(),
+                    };
                     Some((
-                        Ok::<_, std::io::Error>(Bytes::from(format!("data: {ev}\n\n"))),
+                        Ok::<_, std::io::Error>(Bytes::from(format!("data: {data}\n\n"))),
                         (it, guard, false),
                     ))
                 }

@@ -1,0 +1,202 @@
+//! A reader of Server-Sent Events from an upstream's response body.
+//!
+//! It pulls the body only as fast as its caller takes events: no task of its own and no channel,
+//! so a slow client slows the upstream read (TCP backpressure) instead of growing a buffer, and
+//! dropping the stream drops the upstream response at once. One event may not exceed
+//! [`MAX_EVENT_BYTES`]; a bigger one ends the stream with an error.
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+
+/// The largest event accepted (its `data:` lines together, or one line while it is unfinished).
+pub const MAX_EVENT_BYTES: usize = 1 << 20;
+
+/// One dispatched event: its `event:` name (empty when none was given) and its data lines
+/// joined with `\n`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SseEvent {
+    pub event: String,
+    pub data: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SseError {
+    #[error("the upstream stream broke: {0}")]
+    Body(String),
+    #[error("an event of the upstream stream is larger than {MAX_EVENT_BYTES} bytes")]
+    TooLarge,
+    #[error("an event of the upstream stream is not UTF-8")]
+    NotUtf8,
+}
+
+/// The parser, fed bytes as they come. Separate from the I/O so that it is tested alone.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buf: BytesMut,
+    event: String,
+    data: String,
+    has_data: bool,
+    /// The last byte consumed was a `\r`: a `\n` right after it belongs to the same line end.
+    after_cr: bool,
+}
+
+impl SseParser {
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete event in what was fed, if any.
+    pub fn next_event(&mut self) -> Result<Option<SseEvent>, SseError> {
+        loop {
+            if self.after_cr && self.buf.first() == Some(&b'\n') {
+                self.buf.advance(1);
+            }
+            self.after_cr = false;
+            let Some(end) = self.buf.iter().position(|&b| b == b'\n' || b == b'\r') else {
+                if self.buf.len() + self.data.len() > MAX_EVENT_BYTES {
+                    return Err(SseError::TooLarge);
+                }
+                return Ok(None);
+            };
+            self.after_cr = self.buf[end] == b'\r';
+            let line = self.buf.split_to(end + 1);
+            let line = std::str::from_utf8(&line[..end]).map_err(|_| SseError::NotUtf8)?;
+            if line.is_empty() {
+                if self.has_data {
+                    self.has_data = false;
+                    return Ok(Some(SseEvent {
+                        event: std::mem::take(&mut self.event),
+                        data: std::mem::take(&mut self.data),
+                    }));
+                }
+                self.event.clear();
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (line, ""),
+            };
+            match field {
+                "data" => {
+                    if self.data.len() + value.len() + 1 > MAX_EVENT_BYTES {
+                        return Err(SseError::TooLarge);
+                    }
+                    if self.has_data {
+                        self.data.push('\n');
+                    }
+                    self.data.push_str(value);
+                    self.has_data = true;
+                }
+                "event" => {
+                    self.event.clear();
+                    self.event.push_str(value);
+                }
+                // Comments (`:`), `id`, `retry` and unknown fields mean nothing to a client
+                // that does not reconnect.
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Events read from `body`, ending when it ends (an unfinished last event is dropped, as the SSE
+/// specification says) or after the first error.
+pub fn events<S, E>(body: S) -> impl Stream<Item = Result<SseEvent, SseError>> + Send + 'static
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
+    E: std::fmt::Display,
+{
+    futures::stream::unfold(Some((body, SseParser::default())), |state| async move {
+        let (mut body, mut parser) = state?;
+        loop {
+            match parser.next_event() {
+                Ok(Some(event)) => return Some((Ok(event), Some((body, parser)))),
+                Ok(None) => {}
+                Err(e) => return Some((Err(e), None)),
+            }
+            match body.next().await {
+                Some(Ok(bytes)) => parser.feed(&bytes),
+                Some(Err(e)) => return Some((Err(SseError::Body(e.to_string())), None)),
+                None => return None,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(input: &[&[u8]]) -> Result<Vec<SseEvent>, SseError> {
+        let mut p = SseParser::default();
+        let mut out = Vec::new();
+        for piece in input {
+            p.feed(piece);
+            while let Some(e) = p.next_event()? {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    fn data(d: &str) -> SseEvent {
+        SseEvent {
+            event: String::new(),
+            data: d.into(),
+        }
+    }
+
+    #[test]
+    fn events_split_anywhere_and_any_line_end() {
+        let whole: &[u8] = b": comment\r\ndata: {\"a\":1}\r\n\r\nevent: error\rdata: x\rdata:y\r\rdata: [DONE]\n\n";
+        let expected = vec![
+            data("{\"a\":1}"),
+            SseEvent {
+                event: "error".into(),
+                data: "x\ny".into(),
+            },
+            data("[DONE]"),
+        ];
+        assert_eq!(all(&[whole]).unwrap(), expected);
+        // Every split point, including between the \r and \n of one line end.
+        for i in 0..whole.len() {
+            let (a, b) = whole.split_at(i);
+            assert_eq!(all(&[a, b]).unwrap(), expected, "split at {i}");
+        }
+    }
+
+    #[test]
+    fn no_data_no_event_and_unfinished_event_waits() {
+        assert_eq!(all(&[b"event: x\n\n: ping\n\n"]).unwrap(), vec![]);
+        assert_eq!(all(&[b"data: half"]).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn oversized_event_is_refused() {
+        let big = vec![b'a'; MAX_EVENT_BYTES + 1];
+        assert_eq!(all(&[b"data: ", &big]), Err(SseError::TooLarge));
+        let line = vec![b'a'; MAX_EVENT_BYTES / 2 + 1];
+        let mut many = Vec::new();
+        for _ in 0..2 {
+            many.extend_from_slice(b"data: ");
+            many.extend_from_slice(&line);
+            many.push(b'\n');
+        }
+        assert_eq!(all(&[&many]), Err(SseError::TooLarge));
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused() {
+        assert_eq!(all(&[b"data: \xff\n\n"]), Err(SseError::NotUtf8));
+    }
+
+    #[tokio::test]
+    async fn stream_ends_on_body_error() {
+        let body =
+            futures::stream::iter(vec![Ok(Bytes::from_static(b"data: 1\n\n")), Err("reset")]);
+        let got: Vec<_> = events(body).collect().await;
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], Ok(data("1")));
+        assert_eq!(got[1], Err(SseError::Body("reset".into())));
+    }
+}
