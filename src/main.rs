@@ -54,9 +54,14 @@ async fn main() -> std::process::ExitCode {
 
 /// Log lines are written by a background thread (tracing-appender), so that a slow stdout (a
 /// full pipe) never blocks a runtime thread; the queue is not lossy: when full, logging waits.
+/// Its slots are allocated and written up front: tracing-appender's default of 128,000 lines
+/// cost 5 MiB of resident memory at rest (idle RSS 12.7 MiB instead of about 8).
+const LOG_QUEUE_LINES: usize = 4096;
+
 fn init_tracing(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
         .finish(std::io::stdout());
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
