@@ -190,6 +190,12 @@ impl Config {
                 reason: "must start with http:// or https://".into(),
             });
         }
+        if let Err(e) = reqwest::Url::parse(&openai_base_url) {
+            return Err(ConfigError {
+                var: "OPENAI_BASE_URL",
+                reason: format!("not a URL: {e}"),
+            });
+        }
         let chat_model = get("CHAT_MODEL").unwrap_or_else(|| "gpt-4o-mini".into());
         let task_model = get("TASK_MODEL").unwrap_or_else(|| "gpt-4o".into());
         let models = match get("MODELS") {
@@ -492,6 +498,8 @@ mod tests {
             ("API_KEYS", "novalue"),
             ("STORE", "sqlite://x"),
             ("LOG_FORMAT", "xml"),
+            ("OPENAI_BASE_URL", "ftp://example.com"),
+            ("OPENAI_BASE_URL", "http://exa mple.com/v1"),
         ] {
             let err = cfg(&[(var, val)]).unwrap_err();
             assert_eq!(err.var, var, "{err}");

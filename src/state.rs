@@ -63,6 +63,8 @@ pub struct Shared {
 pub enum BuildError {
     #[error("STORE: {0}")]
     Store(#[from] StoreError),
+    #[error("OPENAI_BASE_URL: {0}")]
+    Provider(String),
 }
 
 /// The stores for `STORE`: memory (one process) or Redis (shared by replicas).
@@ -135,10 +137,11 @@ impl AppStateBuilder {
     pub fn build(self) -> Result<AppState, BuildError> {
         let config = self.config;
         let metrics = Arc::new(Metrics::new());
-        let llm: Arc<dyn LlmProvider> = Arc::new(MeteredProvider::new(
-            self.llm.unwrap_or_else(|| provider_for(&config)),
-            Arc::clone(&metrics),
-        ));
+        let llm = match self.llm {
+            Some(llm) => llm,
+            None => provider_for(&config)?,
+        };
+        let llm: Arc<dyn LlmProvider> = Arc::new(MeteredProvider::new(llm, Arc::clone(&metrics)));
         let stores = Stores::for_config(&config)?;
         let runner = TaskRunner::new(
             Arc::clone(&llm),
@@ -175,18 +178,21 @@ impl AppStateBuilder {
     }
 }
 
-fn provider_for(config: &Config) -> Arc<dyn LlmProvider> {
-    match config.provider {
-        ProviderKind::OpenAi => Arc::new(OpenAiProvider::new(
-            &config.openai_base_url,
-            config.openai_api_key.as_ref(),
-            config.upstream_timeout,
-        )),
+fn provider_for(config: &Config) -> Result<Arc<dyn LlmProvider>, BuildError> {
+    Ok(match config.provider {
+        ProviderKind::OpenAi => Arc::new(
+            OpenAiProvider::new(
+                &config.openai_base_url,
+                config.openai_api_key.as_ref(),
+                config.upstream_timeout,
+            )
+            .map_err(BuildError::Provider)?,
+        ),
         ProviderKind::Echo => Arc::new(EchoProvider::new(
             config.echo_delay,
             config.upstream_timeout,
         )),
-    }
+    })
 }
 
 impl AppState {

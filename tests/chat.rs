@@ -344,6 +344,7 @@ async fn health_and_ready() {
 async fn an_upstream_429_surfaces_as_429_with_retry_after() {
     let fake = FakeOpenAi::start_with(Behaviour {
         status: 429,
+        retry_after: Some(7),
         ..Default::default()
     })
     .await;
@@ -361,7 +362,7 @@ async fn an_upstream_429_surfaces_as_429_with_retry_after() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(retry >= 1);
+    assert_eq!(retry, 7, "the upstream's Retry-After");
     let body: Value = res.json().await.unwrap();
     assert!(
         body["detail"].as_str().unwrap().contains("rate limited"),

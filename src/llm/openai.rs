@@ -1,8 +1,15 @@
-//! `openai`: any OpenAI-compatible upstream (OpenAI, vLLM, Ollama, llama.cpp server) through
-//! async-openai's `byot` calls, so that request fields pass through unchanged.
+//! `openai`: any OpenAI-compatible upstream (OpenAI, vLLM, Ollama, llama.cpp server). Request
+//! bodies pass through with their unknown fields unchanged, and answers are kept as the
+//! upstream's JSON text.
 //!
-//! One pooled HTTP client serves every call; every call has `UPSTREAM_TIMEOUT_SECS` (for streams:
-//! until the response starts, and then between two chunks). Errors never carry the key.
+//! Chat calls go through one pooled reqwest client with the URL parsed and the headers built
+//! once; async-openai's config builds those, and async-openai serves the `/models` probe. Its
+//! chat calls are not used: a unary call parsed the URL again (with IDNA host processing) on
+//! every request, which callgrind put at 11% of a whole `/chat` request's instructions, and its
+//! stream spawns a reader task per stream into an unbounded channel (see [`OpenAiProvider::stream`]).
+//!
+//! Every call has `UPSTREAM_TIMEOUT_SECS` (unary: the whole call; streams: until the response
+//! starts, and then between two chunks). Errors never carry the key.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -15,8 +22,7 @@ use async_openai::middleware::ReqwestService;
 use async_trait::async_trait;
 use futures::StreamExt;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
-use serde_json::value::RawValue;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use std::future::ready;
 
 use super::{
@@ -28,11 +34,12 @@ use crate::config::Secret;
 const READY_CACHE: Duration = Duration::from_secs(30);
 
 pub struct OpenAiProvider {
+    /// async-openai, for the `/models` readiness probe.
     client: Client<OpenAIConfig>,
-    /// The same pooled client, for streams (see [`OpenAiProvider::stream`]).
+    /// The same pooled client, for chat calls.
     http: reqwest::Client,
     /// `{base}/chat/completions` and the headers async-openai would send (the key), built once.
-    stream_url: String,
+    chat_url: reqwest::Url,
     headers: HeaderMap,
     timeout: Duration,
     /// The upstream key, kept only to scrub it from upstream error messages.
@@ -48,7 +55,11 @@ pub fn install_crypto_provider() {
 }
 
 impl OpenAiProvider {
-    pub fn new(base_url: &str, api_key: Option<&Secret>, timeout: Duration) -> Self {
+    pub fn new(
+        base_url: &str,
+        api_key: Option<&Secret>,
+        timeout: Duration,
+    ) -> Result<Self, String> {
         install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -61,9 +72,11 @@ impl OpenAiProvider {
         let config = OpenAIConfig::new()
             .with_api_base(base_url)
             .with_api_key(api_key.map(Secret::expose).unwrap_or("none"));
-        Self {
+        let chat_url = config.url("/chat/completions");
+        let chat_url = reqwest::Url::parse(&chat_url).map_err(|e| format!("{e}: `{chat_url}`"))?;
+        Ok(Self {
             http: http.clone(),
-            stream_url: config.url("/chat/completions"),
+            chat_url,
             headers: config.headers(),
             // No retry layer: async-openai's default retries 429 and 5xx with backoff, which
             // in a gateway multiplies upstream cost and hides the upstream's answer from the
@@ -73,7 +86,23 @@ impl OpenAiProvider {
             timeout,
             key: api_key.cloned(),
             ready_at: Mutex::new(None),
+        })
+    }
+
+    /// POSTs a chat-completions body; a non-2xx answer becomes the error it describes.
+    async fn post_chat(&self, body: &Map<String, Value>) -> Result<reqwest::Response, LlmError> {
+        let response = self
+            .http
+            .post(self.chat_url.clone())
+            .headers(self.headers.clone())
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.map_reqwest(e))?;
+        if !response.status().is_success() {
+            return Err(self.status_error(response).await);
         }
+        Ok(response)
     }
 
     fn map_err(&self, err: OpenAIError) -> LlmError {
@@ -99,16 +128,9 @@ impl OpenAiProvider {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let mut body = Vec::new();
-        let read = async {
-            while let Ok(Some(piece)) = response.chunk().await {
-                body.extend_from_slice(&piece);
-                if body.len() >= MAX_ERROR_BODY {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(self.timeout, read).await;
+        let body = read_body(&mut response, MAX_ERROR_BODY)
+            .await
+            .unwrap_or_default();
         #[derive(serde::Deserialize)]
         struct Wrapped {
             error: Inner,
@@ -135,6 +157,25 @@ impl OpenAiProvider {
 
 /// The most of an upstream error body that is read.
 const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// The largest completion accepted from the upstream.
+const MAX_COMPLETION_BYTES: usize = 16 << 20;
+
+/// Reads a body up to `limit` bytes; the rest, if any, is not read.
+async fn read_body(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, reqwest::Error> {
+    let expected = response.content_length().unwrap_or(0) as usize;
+    let mut body = Vec::with_capacity(expected.min(limit));
+    while let Some(piece) = response.chunk().await? {
+        body.extend_from_slice(&piece);
+        if body.len() >= limit {
+            break;
+        }
+    }
+    Ok(body)
+}
 
 /// The key cut out of a text from the upstream, and the text cut to 500 bytes.
 fn scrub(s: String, key: Option<&Secret>) -> String {
@@ -187,15 +228,25 @@ impl LlmProvider for OpenAiProvider {
         let mut body = req.body;
         body.insert("stream".into(), Value::Bool(false));
         body.remove("stream_options");
-        let chat = self.client.chat();
-        // Read as raw JSON text: parsed once into the few fields this server needs, and
-        // forwarded as it came by `/v1/chat/completions`.
-        let call = chat.create_byot::<_, Box<RawValue>>(Value::Object(body));
-        let raw = tokio::time::timeout(self.timeout, call)
+        let call = async {
+            let mut response = self.post_chat(&body).await?;
+            let bytes = read_body(&mut response, MAX_COMPLETION_BYTES + 1)
+                .await
+                .map_err(|e| self.map_reqwest(e))?;
+            if bytes.len() > MAX_COMPLETION_BYTES {
+                return Err(LlmError::BadResponse(format!(
+                    "the completion is larger than {MAX_COMPLETION_BYTES} bytes"
+                )));
+            }
+            let raw = String::from_utf8(bytes)
+                .map_err(|_| LlmError::BadResponse("the completion is not UTF-8".into()))?;
+            // Kept as the upstream's JSON text: parsed once into the few fields this server
+            // needs, and forwarded as it came by `/v1/chat/completions`.
+            Completion::parse(raw)
+        };
+        tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| LlmError::Timeout(self.timeout))?
-            .map_err(|e| self.map_err(e))?;
-        Completion::parse(String::from(Box::<str>::from(raw)))
     }
 
     /// Streams through [`super::sse`] rather than async-openai's stream, which spawns a task per
@@ -211,19 +262,9 @@ impl LlmProvider for OpenAiProvider {
         if let Some(o) = options.as_object_mut() {
             o.insert("include_usage".into(), Value::Bool(true));
         }
-        let call = self
-            .http
-            .post(&self.stream_url)
-            .headers(self.headers.clone())
-            .json(&body)
-            .send();
-        let response = tokio::time::timeout(self.timeout, call)
+        let response = tokio::time::timeout(self.timeout, self.post_chat(&body))
             .await
-            .map_err(|_| LlmError::Timeout(self.timeout))?
-            .map_err(|e| self.map_reqwest(e))?;
-        if !response.status().is_success() {
-            return Err(self.status_error(response).await);
-        }
+            .map_err(|_| LlmError::Timeout(self.timeout))??;
         let key = self.key.clone();
         let chunks = sse::events(response.bytes_stream())
             // `[DONE]` ends the stream: whatever the upstream sends after it is not read.
