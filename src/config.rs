@@ -9,6 +9,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use ipnet::IpNet;
+
+pub use crate::llm::http::ProxySettings;
 use sha2::{Digest, Sha256};
 
 /// A value that must never reach a log line or an error body.
@@ -78,6 +80,7 @@ pub struct ConfigError {
 /// | `CHAT_MODEL` / `TASK_MODEL` | `gpt-4o-mini` / `gpt-4o` |
 /// | `MODELS` | the chat and task models (comma-separated; what `/v1/models` lists) |
 /// | `UPSTREAM_TIMEOUT_SECS` | `60` |
+/// | `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` / `NO_PROXY` (or lower case) | unset (upstream reached directly) |
 /// | `API_KEYS` / `API_KEYS_FILE` | unset |
 /// | `ALLOW_NO_AUTH` | `false` |
 /// | `RATE_LIMIT_PER_MINUTE` / `RATE_LIMIT_BURST` | `60` / `10` |
@@ -105,6 +108,8 @@ pub struct Config {
     pub task_model: String,
     pub models: Vec<String>,
     pub upstream_timeout: Duration,
+    /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY` (or lower case), for upstream calls.
+    pub upstream_proxy: ProxySettings,
     pub api_keys: Vec<ApiKey>,
     pub allow_no_auth: bool,
     pub rate_limit_per_minute: u32,
@@ -190,7 +195,7 @@ impl Config {
                 reason: "must start with http:// or https://".into(),
             });
         }
-        if let Err(e) = reqwest::Url::parse(&openai_base_url) {
+        if let Err(e) = openai_base_url.parse::<hyper::Uri>() {
             return Err(ConfigError {
                 var: "OPENAI_BASE_URL",
                 reason: format!("not a URL: {e}"),
@@ -288,6 +293,12 @@ impl Config {
             task_model,
             models,
             upstream_timeout: secs(&get, "UPSTREAM_TIMEOUT_SECS", 60)?,
+            upstream_proxy: ProxySettings {
+                all: get("ALL_PROXY").or_else(|| get("all_proxy")),
+                http: get("HTTP_PROXY").or_else(|| get("http_proxy")),
+                https: get("HTTPS_PROXY").or_else(|| get("https_proxy")),
+                no: get("NO_PROXY").or_else(|| get("no_proxy")),
+            },
             api_keys,
             allow_no_auth,
             rate_limit_per_minute: per_minute,
@@ -504,6 +515,19 @@ mod tests {
             let err = cfg(&[(var, val)]).unwrap_err();
             assert_eq!(err.var, var, "{err}");
         }
+    }
+
+    #[test]
+    fn proxy_variables_upper_or_lower_case() {
+        let c = cfg(&[
+            ("https_proxy", "http://proxy:3128"),
+            ("NO_PROXY", "localhost,10.0.0.0/8"),
+        ])
+        .unwrap();
+        assert_eq!(c.upstream_proxy.https.as_deref(), Some("http://proxy:3128"));
+        assert_eq!(c.upstream_proxy.no.as_deref(), Some("localhost,10.0.0.0/8"));
+        assert_eq!(c.upstream_proxy.http, None);
+        assert_eq!(cfg(&[]).unwrap().upstream_proxy, ProxySettings::default());
     }
 
     #[test]

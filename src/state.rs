@@ -184,6 +184,7 @@ fn provider_for(config: &Config) -> Result<Arc<dyn LlmProvider>, BuildError> {
             OpenAiProvider::new(
                 &config.openai_base_url,
                 config.openai_api_key.as_ref(),
+                &config.upstream_proxy,
                 config.upstream_timeout,
             )
             .map_err(BuildError::Provider)?,

@@ -372,3 +372,93 @@ async fn an_upstream_429_surfaces_as_429_with_retry_after() {
     let (status, _) = app.get("/conversation/busy-upstream").await;
     assert_eq!(status, 404, "nothing saved");
 }
+
+/// A forward proxy that only tunnels (`CONNECT host:port`), recording each CONNECT's target and
+/// `Proxy-Authorization`.
+#[expect(clippy::disallowed_methods, reason = "the proxy runs beside the test")]
+async fn connect_proxy() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let auth = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("proxy-authorization: "))
+                    .or_else(|| {
+                        head.lines()
+                            .find_map(|l| l.strip_prefix("Proxy-Authorization: "))
+                    })
+                    .unwrap_or("")
+                    .to_owned();
+                log.lock().unwrap().push((target.clone(), auth));
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await else {
+                    let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                    return;
+                };
+                let _ = client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await;
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn upstream_calls_go_through_the_configured_proxy_unless_no_proxy_says_otherwise() {
+    let fake = FakeOpenAi::start().await;
+    let upstream = fake
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1");
+    let (proxy, seen) = connect_proxy().await;
+    let with_auth = proxy.replace("http://", "http://user:secret@");
+    let app = TestApp::with_fake(&fake, |c| c.upstream_proxy.http = Some(with_auth)).await;
+    let (status, body) = app.post("/chat", json!({"message": "via proxy"})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = app
+        .post("/chat/stream", json!({"message": "streamed"}))
+        .await;
+    assert_eq!(status, 200);
+    {
+        let seen = seen.lock().unwrap();
+        assert!(!seen.is_empty(), "the proxy was used");
+        for (target, auth) in seen.iter() {
+            assert_eq!(target, upstream);
+            assert_eq!(auth, "Basic dXNlcjpzZWNyZXQ=", "user:secret");
+        }
+    }
+    assert_eq!(fake.requests().len(), 2);
+
+    let before = seen.lock().unwrap().len();
+    let app = TestApp::with_fake(&fake, |c| {
+        c.upstream_proxy.all = Some(proxy.clone());
+        c.upstream_proxy.no = Some("127.0.0.1".into());
+    })
+    .await;
+    let (status, _) = app.post("/chat", json!({"message": "direct"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(seen.lock().unwrap().len(), before, "NO_PROXY bypasses it");
+}

@@ -6,6 +6,7 @@
 //! Nothing here knows about HTTP servers or axum.
 
 pub mod echo;
+pub mod http;
 pub mod openai;
 pub mod sse;
 

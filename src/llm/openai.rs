@@ -2,9 +2,9 @@
 //! bodies pass through with their unknown fields unchanged, and answers are kept as the
 //! upstream's JSON text.
 //!
-//! Chat calls go through one pooled reqwest client with the URL parsed and the headers built
-//! once; async-openai's config builds those, and async-openai serves the `/models` probe. Its
-//! chat calls are not used: a unary call parsed the URL again (with IDNA host processing) on
+//! Chat calls go through one pooled client ([`super::http`]) with the URL parsed and the headers
+//! built once; async-openai's config builds those, and async-openai serves the `/models` probe.
+//! Its chat calls are not used: a unary call parsed the URL again (with IDNA host processing) on
 //! every request, which callgrind put at 11% of a whole `/chat` request's instructions, and its
 //! stream spawns a reader task per stream into an unbounded channel (see [`OpenAiProvider::stream`]).
 //!
@@ -20,11 +20,16 @@ use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
 use async_openai::middleware::ReqwestService;
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::StreamExt;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use http_body_util::{BodyDataStream, Full};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use hyper::{Method, Request, Response, Uri};
 use serde_json::{Map, Value, json};
 use std::future::ready;
 
+use super::http::{self, HttpClient, ProxySettings};
 use super::{
     ChatChunk, ChatRequest, ChunkStream, Completion, LlmError, LlmProvider, guard_stream, sse,
 };
@@ -36,10 +41,10 @@ const READY_CACHE: Duration = Duration::from_secs(30);
 pub struct OpenAiProvider {
     /// async-openai, for the `/models` readiness probe.
     client: Client<OpenAIConfig>,
-    /// The same pooled client, for chat calls.
-    http: reqwest::Client,
+    /// The pooled client for chat calls.
+    http: HttpClient,
     /// `{base}/chat/completions` and the headers async-openai would send (the key), built once.
-    chat_url: reqwest::Url,
+    chat_uri: Uri,
     headers: HeaderMap,
     timeout: Duration,
     /// The upstream key, kept only to scrub it from upstream error messages.
@@ -58,6 +63,7 @@ impl OpenAiProvider {
     pub fn new(
         base_url: &str,
         api_key: Option<&Secret>,
+        proxy: &ProxySettings,
         timeout: Duration,
     ) -> Result<Self, String> {
         install_crypto_provider();
@@ -72,12 +78,19 @@ impl OpenAiProvider {
         let config = OpenAIConfig::new()
             .with_api_base(base_url)
             .with_api_key(api_key.map(Secret::expose).unwrap_or("none"));
-        let chat_url = config.url("/chat/completions");
-        let chat_url = reqwest::Url::parse(&chat_url).map_err(|e| format!("{e}: `{chat_url}`"))?;
+        let chat_uri = config.url("/chat/completions");
+        let chat_uri: Uri = chat_uri.parse().map_err(|e| format!("{e}: `{chat_uri}`"))?;
+        let connect_timeout = timeout.min(Duration::from_secs(10));
+        let chat_http = HttpClient::new(&chat_uri, proxy, connect_timeout)?;
+        if let Some(via) = &chat_http.proxy {
+            tracing::info!(proxy = %via, "the upstream is reached through a proxy");
+        }
+        let mut headers = config.headers();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         Ok(Self {
-            http: http.clone(),
-            chat_url,
-            headers: config.headers(),
+            http: chat_http,
+            chat_uri,
+            headers,
             // No retry layer: async-openai's default retries 429 and 5xx with backoff, which
             // in a gateway multiplies upstream cost and hides the upstream's answer from the
             // caller, who can retry (429 answers carry Retry-After).
@@ -90,15 +103,17 @@ impl OpenAiProvider {
     }
 
     /// POSTs a chat-completions body; a non-2xx answer becomes the error it describes.
-    async fn post_chat(&self, body: &Map<String, Value>) -> Result<reqwest::Response, LlmError> {
+    async fn post_chat(&self, body: &Map<String, Value>) -> Result<Response<Incoming>, LlmError> {
+        let body = serde_json::to_vec(body).map_err(|e| LlmError::Failed(e.to_string()))?;
+        let mut req = Request::new(Full::new(Bytes::from(body)));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = self.chat_uri.clone();
+        *req.headers_mut() = self.headers.clone();
         let response = self
             .http
-            .post(self.chat_url.clone())
-            .headers(self.headers.clone())
-            .json(body)
-            .send()
+            .send(req)
             .await
-            .map_err(|e| self.map_reqwest(e))?;
+            .map_err(|e| LlmError::Connect(scrub(e, self.key.as_ref())))?;
         if !response.status().is_success() {
             return Err(self.status_error(response).await);
         }
@@ -109,18 +124,14 @@ impl OpenAiProvider {
         map_error(err, self.key.as_ref(), self.timeout)
     }
 
-    fn map_reqwest(&self, err: reqwest::Error) -> LlmError {
-        if err.is_timeout() {
-            LlmError::Timeout(self.timeout)
-        } else {
-            LlmError::Connect(scrub(err.without_url().to_string(), self.key.as_ref()))
-        }
+    fn body_error(&self, err: hyper::Error) -> LlmError {
+        LlmError::Connect(scrub(http::error_chain(&err), self.key.as_ref()))
     }
 
     /// A non-2xx answer to a stream call, read as async-openai reads one for a unary call:
     /// OpenAI's `{"error": {"message"}}`, or the text itself (5xx bodies need not be JSON).
     /// At most [`MAX_ERROR_BODY`] bytes of it are read.
-    async fn status_error(&self, mut response: reqwest::Response) -> LlmError {
+    async fn status_error(&self, response: Response<Incoming>) -> LlmError {
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -128,7 +139,7 @@ impl OpenAiProvider {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = read_body(&mut response, MAX_ERROR_BODY)
+        let body = http::read_body(&mut response.into_body(), MAX_ERROR_BODY)
             .await
             .unwrap_or_default();
         #[derive(serde::Deserialize)]
@@ -160,22 +171,6 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// The largest completion accepted from the upstream.
 const MAX_COMPLETION_BYTES: usize = 16 << 20;
-
-/// Reads a body up to `limit` bytes; the rest, if any, is not read.
-async fn read_body(
-    response: &mut reqwest::Response,
-    limit: usize,
-) -> Result<Vec<u8>, reqwest::Error> {
-    let expected = response.content_length().unwrap_or(0) as usize;
-    let mut body = Vec::with_capacity(expected.min(limit));
-    while let Some(piece) = response.chunk().await? {
-        body.extend_from_slice(&piece);
-        if body.len() >= limit {
-            break;
-        }
-    }
-    Ok(body)
-}
 
 /// The key cut out of a text from the upstream, and the text cut to 500 bytes.
 fn scrub(s: String, key: Option<&Secret>) -> String {
@@ -229,10 +224,10 @@ impl LlmProvider for OpenAiProvider {
         body.insert("stream".into(), Value::Bool(false));
         body.remove("stream_options");
         let call = async {
-            let mut response = self.post_chat(&body).await?;
-            let bytes = read_body(&mut response, MAX_COMPLETION_BYTES + 1)
+            let response = self.post_chat(&body).await?;
+            let bytes = http::read_body(&mut response.into_body(), MAX_COMPLETION_BYTES + 1)
                 .await
-                .map_err(|e| self.map_reqwest(e))?;
+                .map_err(|e| self.body_error(e))?;
             if bytes.len() > MAX_COMPLETION_BYTES {
                 return Err(LlmError::BadResponse(format!(
                     "the completion is larger than {MAX_COMPLETION_BYTES} bytes"
@@ -266,7 +261,7 @@ impl LlmProvider for OpenAiProvider {
             .await
             .map_err(|_| LlmError::Timeout(self.timeout))??;
         let key = self.key.clone();
-        let chunks = sse::events(response.bytes_stream())
+        let chunks = sse::events(BodyDataStream::new(response.into_body()))
             // `[DONE]` ends the stream: whatever the upstream sends after it is not read.
             .take_while(|e| ready(!matches!(e, Ok(e) if e.data == "[DONE]")))
             .filter_map(move |event| {
