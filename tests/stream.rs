@@ -113,8 +113,14 @@ async fn client_disconnect_cancels_the_upstream_call() {
     let res = open(&app, json!({"message": "hi", "conversation_id": "gone"})).await;
     let mut body = res.bytes_stream();
     use futures::StreamExt;
-    let first = body.next().await.unwrap().unwrap();
-    assert!(String::from_utf8_lossy(&first).contains("content"));
+    // The `: open` comment, then the first content frame: the client leaves mid-answer.
+    let mut seen = String::new();
+    while !seen.contains("content") {
+        seen.push_str(&String::from_utf8_lossy(
+            &body.next().await.unwrap().unwrap(),
+        ));
+    }
+    assert!(seen.starts_with(": open"), "{seen}");
     drop(body);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
     while fake.cancelled() == 0 {
@@ -234,6 +240,26 @@ async fn errors_before_the_first_byte_are_json() {
     assert!(body["detail"].is_string());
     let res = open(&app, json!({"message": ""})).await;
     assert_eq!(res.status(), 422);
+}
+
+#[tokio::test]
+async fn the_stream_opens_before_the_first_token() {
+    let fake = FakeOpenAi::start_with(Behaviour {
+        first_chunk_delay: Duration::from_millis(1500),
+        ..Default::default()
+    })
+    .await;
+    let app = TestApp::with_fake(&fake, |_| {}).await;
+    let mut res = open(&app, json!({"message": "hi"})).await;
+    assert_eq!(res.status(), 200);
+    let first = tokio::time::timeout(Duration::from_millis(1000), res.chunk())
+        .await
+        .expect("a first byte long before the first token")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first[..], b": open\n\n");
+    let rest = res.text().await.unwrap();
+    assert!(rest.contains(r#""done":true"#), "{rest}");
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! `POST /chat/stream` and `GET /chat/stream` (for a browser's `EventSource`): one turn, answered
-//! as Server-Sent Events while the model writes it.
+//! as Server-Sent Events while the model writes it. The stream opens with an `: open` comment
+//! as soon as the upstream has accepted the call.
 //!
 //! Errors before the first byte (validation, unknown conversation, the upstream refusing the
 //! call) are ordinary JSON errors. After it, an error is one `event: error` frame with
@@ -65,7 +66,10 @@ async fn start(state: AppState, caller: Caller, turn: ChatTurn) -> Result<Respon
         let _held = &open;
         e
     });
-    let mut res = Sse::new(sse_events(events))
+    // A comment first: the client has a byte as soon as the model accepted the call (an
+    // OpenAI stream's first chunk carries the role, not text), and proxies see a live stream.
+    let opened = futures::stream::once(std::future::ready(Ok(Event::default().comment("open"))));
+    let mut res = Sse::new(opened.chain(sse_events(events)))
         .keep_alive(keep_alive)
         .into_response();
     let headers = res.headers_mut();
