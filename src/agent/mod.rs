@@ -77,7 +77,12 @@ async fn prepare(
     let mut messages = Vec::with_capacity(lease.history().len() + new_messages.len());
     messages.extend_from_slice(lease.history());
     messages.extend_from_slice(&new_messages);
-    let request = ChatRequest::new(&turn.model, &messages, turn.temperature, turn.max_tokens);
+    let request = ChatRequest::new(
+        &turn.model,
+        messages.clone(),
+        turn.temperature,
+        turn.max_tokens,
+    );
     Ok(PreparedTurn {
         lease,
         conversation_id,

@@ -325,14 +325,14 @@ impl TaskRunner {
         token: &CancellationToken,
     ) -> (TaskStatus, Option<String>) {
         let inner = &self.inner;
-        let messages = [
+        let messages = vec![
             Message::new(
                 "system",
                 format!("You are an expert assistant. Perform this {task_type} task thoroughly."),
             ),
             Message::new("user", prompt),
         ];
-        let req = ChatRequest::new(model, &messages, 0.7, 1000);
+        let req = ChatRequest::new(model, messages, 0.7, 1000);
         let limit = inner.limits.timeout;
         tokio::select! {
             _ = token.cancelled() => {

@@ -83,7 +83,7 @@ impl LlmProvider for EchoProvider {
             total_tokens: prompt_tokens + completion_tokens,
         };
         let id = format!("chatcmpl-echo-{}", uuid::Uuid::new_v4().simple());
-        let model = req.model().to_owned();
+        let model = req.model.clone();
         let mut raws = vec![chunk_json(
             &id,
             &model,
@@ -137,7 +137,7 @@ mod tests {
     #[tokio::test]
     async fn streams_the_user_words_back_with_usage() {
         let p = EchoProvider::new(Duration::ZERO, Duration::from_secs(1));
-        let req = ChatRequest::new("m", &[Message::new("user", "hello world")], 0.7, 10);
+        let req = ChatRequest::new("m", vec![Message::new("user", "hello world")], 0.7, 10);
         let chunks: Vec<_> = p.stream(req.clone()).await.unwrap().collect().await;
         let text: String = chunks
             .iter()
@@ -153,7 +153,7 @@ mod tests {
     #[tokio::test]
     async fn fail_fails() {
         let p = EchoProvider::new(Duration::ZERO, Duration::from_secs(1));
-        let req = ChatRequest::new("m", &[Message::new("user", "please [fail]")], 0.7, 10);
+        let req = ChatRequest::new("m", vec![Message::new("user", "please [fail]")], 0.7, 10);
         assert!(p.stream(req).await.is_err());
     }
 }

@@ -46,49 +46,76 @@ pub struct Usage {
     pub total_tokens: u64,
 }
 
-/// An OpenAI chat-completions request body. `stream` and `stream_options` are set by the provider.
-#[derive(Debug, Clone, Default)]
+/// An OpenAI chat-completions request body: the model and messages, which this server reads,
+/// and every other field as it came (`extra`, passed through unchanged). Serialized straight
+/// from these types: the tutorial routes' history is not turned into a JSON tree first.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ChatRequest {
-    pub body: Map<String, Value>,
+    pub model: String,
+    pub messages: Messages,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// The messages of a request.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Messages {
+    /// The tutorial routes' history: role and text.
+    Turn(Vec<Message>),
+    /// `/v1` callers' messages as they sent them (content parts, tool calls, names, ...).
+    Raw(Vec<Value>),
+}
+
+impl Default for Messages {
+    fn default() -> Self {
+        Self::Turn(Vec::new())
+    }
 }
 
 impl ChatRequest {
     /// The body the tutorial routes send: model, whole history, temperature and max_tokens.
-    pub fn new(model: &str, messages: &[Message], temperature: f64, max_tokens: u32) -> Self {
-        let mut body = Map::with_capacity(4);
-        body.insert("model".into(), Value::from(model));
-        body.insert("messages".into(), json!(messages));
-        body.insert("temperature".into(), json!(temperature));
-        body.insert("max_tokens".into(), Value::from(max_tokens));
-        Self { body }
+    pub fn new(model: &str, messages: Vec<Message>, temperature: f64, max_tokens: u32) -> Self {
+        let mut extra = Map::with_capacity(4);
+        extra.insert("temperature".into(), json!(temperature));
+        extra.insert("max_tokens".into(), Value::from(max_tokens));
+        Self {
+            model: model.to_owned(),
+            messages: Messages::Turn(messages),
+            extra,
+        }
     }
 
-    pub fn model(&self) -> &str {
-        self.body.get("model").and_then(Value::as_str).unwrap_or("")
+    /// Each message's role and text (string content, or the text parts of an array).
+    fn texts(&self) -> Vec<(&str, String)> {
+        match &self.messages {
+            Messages::Turn(m) => m
+                .iter()
+                .map(|m| (m.role.as_str(), m.content.clone()))
+                .collect(),
+            Messages::Raw(m) => m
+                .iter()
+                .map(|m| {
+                    let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+                    (role, content_text(m.get("content")))
+                })
+                .collect(),
+        }
     }
 
-    /// The text of the last user message (string content or the text parts of an array).
+    /// The text of the last user message.
     pub fn last_user_text(&self) -> String {
-        let Some(messages) = self.body.get("messages").and_then(Value::as_array) else {
-            return String::new();
-        };
-        messages
-            .iter()
+        self.texts()
+            .into_iter()
             .rev()
-            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-            .map(|m| content_text(m.get("content")))
+            .find(|(role, _)| *role == "user")
+            .map(|(_, text)| text)
             .unwrap_or_default()
     }
 
     /// Every message's text, for providers that count tokens themselves.
     pub fn all_text(&self) -> String {
-        let Some(messages) = self.body.get("messages").and_then(Value::as_array) else {
-            return String::new();
-        };
-        let parts: Vec<String> = messages
-            .iter()
-            .map(|m| content_text(m.get("content")))
-            .collect();
+        let parts: Vec<String> = self.texts().into_iter().map(|(_, t)| t).collect();
         parts.join(" ")
     }
 }
@@ -270,7 +297,7 @@ pub trait LlmProvider: Send + Sync + 'static {
 
     /// The whole answer. The default collects [`LlmProvider::stream`].
     async fn complete(&self, req: ChatRequest) -> Result<Completion, LlmError> {
-        let model = req.model().to_owned();
+        let model = req.model.clone();
         let mut stream = self.stream(req).await?;
         let mut content = String::new();
         let mut usage = None;

@@ -26,7 +26,7 @@ use http_body_util::{BodyDataStream, Full};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, Uri};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::future::ready;
 
 use super::http::{self, HttpClient, ProxySettings};
@@ -103,7 +103,7 @@ impl OpenAiProvider {
     }
 
     /// POSTs a chat-completions body; a non-2xx answer becomes the error it describes.
-    async fn post_chat(&self, body: &Map<String, Value>) -> Result<Response<Incoming>, LlmError> {
+    async fn post_chat(&self, body: &ChatRequest) -> Result<Response<Incoming>, LlmError> {
         let body = serde_json::to_vec(body).map_err(|e| LlmError::Failed(e.to_string()))?;
         let mut req = Request::new(Full::new(Bytes::from(body)));
         *req.method_mut() = Method::POST;
@@ -220,9 +220,9 @@ impl LlmProvider for OpenAiProvider {
     }
 
     async fn complete(&self, req: ChatRequest) -> Result<Completion, LlmError> {
-        let mut body = req.body;
-        body.insert("stream".into(), Value::Bool(false));
-        body.remove("stream_options");
+        let mut body = req;
+        body.extra.insert("stream".into(), Value::Bool(false));
+        body.extra.remove("stream_options");
         let call = async {
             let response = self.post_chat(&body).await?;
             let bytes = http::read_body(&mut response.into_body(), MAX_COMPLETION_BYTES + 1)
@@ -249,11 +249,14 @@ impl LlmProvider for OpenAiProvider {
     /// (and costs a task's memory per open stream). Here the upstream is read only as fast as the
     /// client takes chunks, and dropping the stream drops the upstream response.
     async fn stream(&self, req: ChatRequest) -> Result<ChunkStream, LlmError> {
-        let mut body = req.body;
-        body.insert("stream".into(), Value::Bool(true));
+        let mut body = req;
+        body.extra.insert("stream".into(), Value::Bool(true));
         // Usage comes in a last chunk only when asked for; callers that did not ask for it
         // themselves filter that chunk out.
-        let options = body.entry("stream_options").or_insert_with(|| json!({}));
+        let options = body
+            .extra
+            .entry("stream_options")
+            .or_insert_with(|| json!({}));
         if let Some(o) = options.as_object_mut() {
             o.insert("include_usage".into(), Value::Bool(true));
         }

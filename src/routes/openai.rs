@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use crate::error::{ApiError, FieldError, OpenAiError};
 use crate::extract::AppJson;
-use crate::llm::{ChatRequest, ChunkStream};
+use crate::llm::{ChatRequest, ChunkStream, Messages};
 use crate::metrics::GaugeGuard;
 use crate::openapi::OpenAiErrorBody;
 use crate::state::AppState;
@@ -74,7 +74,20 @@ fn validate(
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    Ok((ChatRequest { body }, stream, wants_usage))
+    let model = match body.remove("model") {
+        Some(Value::String(m)) => m,
+        _ => default_model.to_owned(),
+    };
+    let messages = match body.remove("messages") {
+        Some(Value::Array(m)) => m,
+        _ => Vec::new(),
+    };
+    let request = ChatRequest {
+        model,
+        messages: Messages::Raw(messages),
+        extra: body,
+    };
+    Ok((request, stream, wants_usage))
 }
 
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
