@@ -74,9 +74,9 @@ fn cors(state: &AppState) -> CorsLayer {
         .expose_headers([
             X_REQUEST_ID.clone(),
             header::RETRY_AFTER,
-            HeaderName::from_static("ratelimit-limit"),
-            HeaderName::from_static("ratelimit-remaining"),
-            HeaderName::from_static("ratelimit-reset"),
+            rate_limit::RATELIMIT_LIMIT,
+            rate_limit::RATELIMIT_REMAINING,
+            rate_limit::RATELIMIT_RESET,
         ])
 }
 

@@ -10,7 +10,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use governor::clock::{Clock, DefaultClock};
@@ -218,11 +218,16 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         .unwrap_or(peer)
 }
 
+pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+/// (Constant names: a `&str` name is parsed and checked again on every insert.)
 fn set_headers(headers: &mut HeaderMap, d: &Decision) {
-    headers.insert("ratelimit-limit", HeaderValue::from(d.limit));
-    headers.insert("ratelimit-remaining", HeaderValue::from(d.remaining));
+    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(d.limit));
+    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(d.remaining));
     let reset = d.reset.as_secs_f64().ceil() as u64;
-    headers.insert("ratelimit-reset", HeaderValue::from(reset));
+    headers.insert(RATELIMIT_RESET, HeaderValue::from(reset));
 }
 
 /// Finds the client IP (put into the request as [`ClientIp`]) and takes a token for it.

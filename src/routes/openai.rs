@@ -18,6 +18,7 @@ use crate::extract::AppJson;
 use crate::llm::{ChatRequest, ChunkStream, Messages};
 use crate::metrics::GaugeGuard;
 use crate::openapi::OpenAiErrorBody;
+use crate::routes::stream::X_ACCEL_BUFFERING;
 use crate::state::AppState;
 
 /// Checks the fields this server relies on, fills in the model, and leaves the rest alone.
@@ -40,9 +41,7 @@ fn validate(
         _ => err("messages", "`messages` must be a non-empty array"),
     }
     match body.get("model") {
-        None | Some(Value::Null) => {
-            body.insert("model".into(), Value::from(default_model));
-        }
+        None | Some(Value::Null) => {}
         Some(Value::String(m)) if !m.trim().is_empty() => {}
         Some(_) => err("model", "`model` must be a non-empty string"),
     }
@@ -128,7 +127,7 @@ pub async fn chat_completions(
     });
     let mut res = Sse::new(events).keep_alive(keep_alive).into_response();
     res.headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+        .insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(res)

@@ -10,7 +10,7 @@
 use std::convert::Infallible;
 
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
@@ -73,10 +73,13 @@ async fn start(state: AppState, caller: Caller, turn: ChatTurn) -> Result<Respon
         .keep_alive(keep_alive)
         .into_response();
     let headers = res.headers_mut();
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(res)
 }
+
+/// Tells nginx-style proxies not to buffer the stream.
+pub const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 /// Turns the domain's events into SSE frames, each with an increasing `id:`.
 pub fn sse_events(
