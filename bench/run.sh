@@ -2,7 +2,7 @@
 # Reproduces the README's performance table with one command.
 #
 #   bash bench/run.sh                  # chat profile + openai profile + open-loop, release build
-#   bash bench/run.sh --hold 1000      # also memory per 1,000 open streams
+#   bash bench/run.sh --hold 1000      # also memory per 1,000 open streams (--hold 1000,10000: both)
 #
 # It drives the team's shared harness (HARNESS, default ../shared/bench: a mock OpenAI upstream,
 # oha and sse-load), which measures agent-api against the direct upstream in the same run, and
@@ -41,9 +41,15 @@ bash "$HARNESS/run.sh" --profile openai --target "$target" --label agent-api --s
 if [ -n "$HOLD" ]; then
   for k in ${HOLD//,/ }; do
     echo
-    echo "## memory with $k open streams"
-    bash "$HARNESS/run.sh" --target "$target" --label agent-api --server-cmd "ulimit -n 65536; $cmd" \
+    echo "## memory with $k open streams through /chat/stream (openai provider: each also holds an upstream connection)"
+    bash "$HARNESS/run.sh" --target "$target" --label agent-api --server-cmd "ulimit -n 65536 2>/dev/null; $cmd" \
       -H "X-API-Key: $KEY" --scenarios none --hold "$k"
+    echo
+    echo "## memory with $k open streams, echo provider (the server's own share: no upstream connection)"
+    # '[slow]' makes the echo provider hold its first token for a minute, so the stream stays open.
+    bash "$HARNESS/run.sh" --target "$target" --label agent-api \
+      --server-cmd "ulimit -n 65536 2>/dev/null; LLM_PROVIDER=echo $cmd" \
+      -H "X-API-Key: $KEY" --stream-body '{"message":"[slow] hold"}' --scenarios none --hold "$k"
   done
 fi
 

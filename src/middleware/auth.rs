@@ -5,10 +5,9 @@
 //! cannot set headers there), `?api_key=`, which is then cut out of the URI so that no log or
 //! trace can show it. Keys are held as SHA-256 hashes and compared in constant time.
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, Uri, header};
-use axum::middleware::Next;
 use axum::response::Response;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -124,17 +123,18 @@ fn take_query_key(uri: &Uri) -> Option<(String, Uri)> {
 }
 
 /// The auth layer.
-pub async fn require_api_key(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let path = req.uri().path().to_owned();
+/// Cuts any `?api_key=` out of the URI, then finds the caller (kept in the request as
+/// [`Caller`]); `Err` is the 401 to answer.
+#[allow(
+    clippy::result_large_err,
+    reason = "the refusal is the answer itself, returned once per request"
+)]
+pub fn admit(state: &AppState, req: &mut Request) -> Result<(), Response> {
     // The query key is always cut out, even where it is not accepted, so that it is never logged.
     let query_key = match take_query_key(req.uri()) {
         Some((key, clean)) => {
             *req.uri_mut() = clean;
-            query_key_allowed(req.method(), &path).then_some(key)
+            query_key_allowed(req.method(), req.uri().path()).then_some(key)
         }
         None => None,
     };
@@ -142,24 +142,24 @@ pub async fn require_api_key(
         req.extensions_mut().insert(Caller {
             owner: ANONYMOUS.to_owned(),
         });
-        return next.run(req).await;
+        return Ok(());
     }
-    if is_public(&path) {
-        return next.run(req).await;
+    if is_public(req.uri().path()) {
+        return Ok(());
     }
-    let presented = header_key(req.headers()).map(str::to_owned).or(query_key);
-    let owner = presented
-        .as_deref()
-        .and_then(|k| state.keys.verify(k))
-        .map(str::to_owned);
+    let owner = match header_key(req.headers()) {
+        Some(k) => state.keys.verify(k),
+        None => query_key.as_deref().and_then(|k| state.keys.verify(k)),
+    }
+    .map(str::to_owned);
     match owner {
         Some(owner) => {
             req.extensions_mut().insert(Caller { owner });
-            next.run(req).await
+            Ok(())
         }
         None => {
             state.metrics.auth_rejected.inc();
-            respond(ApiError::Unauthorized, &path)
+            Err(respond(ApiError::Unauthorized, req.uri().path()))
         }
     }
 }

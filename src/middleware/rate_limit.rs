@@ -9,9 +9,8 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use axum::middleware::Next;
 use axum::response::Response;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
@@ -231,7 +230,9 @@ fn set_headers(headers: &mut HeaderMap, d: &Decision) {
 }
 
 /// Finds the client IP (put into the request as [`ClientIp`]) and takes a token for it.
-pub async fn limit_per_ip(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+/// Finds the client IP (kept in the request as [`ClientIp`]) and takes a token from its
+/// bucket. `Ok(None)`: a path that is never limited; `Err`: the 429 to answer.
+pub async fn admit(state: &AppState, req: &mut Request) -> Result<Option<Decision>, Response> {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -241,11 +242,11 @@ pub async fn limit_per_ip(State(state): State<AppState>, mut req: Request, next:
     req.extensions_mut().insert(ClientIp(ip));
     let path = req.uri().path();
     if unlimited(path) {
-        return next.run(req).await;
+        return Ok(None);
     }
     let decision = match state.limiter.check(ip, None).await {
         Ok(d) => d,
-        Err(e) => return respond(ApiError::Store(e), path),
+        Err(e) => return Err(respond(ApiError::Store(e), path)),
     };
     if !decision.allowed {
         state.metrics.rate_limited.inc();
@@ -256,11 +257,16 @@ pub async fn limit_per_ip(State(state): State<AppState>, mut req: Request, next:
             path,
         );
         set_headers(res.headers_mut(), &decision);
-        return res;
+        return Err(res);
     }
-    let mut res = next.run(req).await;
-    set_headers(res.headers_mut(), &decision);
-    res
+    Ok(Some(decision))
+}
+
+/// The `RateLimit-*` headers of an admitted request's answer.
+pub fn annotate(res: &mut Response, decision: Option<&Decision>) {
+    if let Some(d) = decision {
+        set_headers(res.headers_mut(), d);
+    }
 }
 
 #[cfg(test)]
