@@ -67,10 +67,11 @@ impl OpenAiProvider {
         timeout: Duration,
     ) -> Result<Self, String> {
         install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
+        let connect_timeout = timeout.min(Duration::from_secs(10));
+        // For async-openai's `/models` probe only: one idle connection is enough.
+        let probe_http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .pool_max_idle_per_host(1)
             .tcp_nodelay(true)
             .build()
             .unwrap_or_default();
@@ -80,7 +81,6 @@ impl OpenAiProvider {
             .with_api_key(api_key.map(Secret::expose).unwrap_or("none"));
         let chat_uri = config.url("/chat/completions");
         let chat_uri: Uri = chat_uri.parse().map_err(|e| format!("{e}: `{chat_uri}`"))?;
-        let connect_timeout = timeout.min(Duration::from_secs(10));
         let chat_http = HttpClient::new(&chat_uri, proxy, connect_timeout)?;
         if let Some(via) = &chat_http.proxy {
             tracing::info!(proxy = %via, "the upstream is reached through a proxy");
@@ -94,8 +94,8 @@ impl OpenAiProvider {
             // No retry layer: async-openai's default retries 429 and 5xx with backoff, which
             // in a gateway multiplies upstream cost and hides the upstream's answer from the
             // caller, who can retry (429 answers carry Retry-After).
-            client: Client::build(http.clone(), config)
-                .with_http_service(ReqwestService::new(http)),
+            client: Client::build(probe_http.clone(), config)
+                .with_http_service(ReqwestService::new(probe_http)),
             timeout,
             key: api_key.cloned(),
             ready_at: Mutex::new(None),
@@ -128,7 +128,7 @@ impl OpenAiProvider {
         LlmError::Connect(scrub(http::error_chain(&err), self.key.as_ref()))
     }
 
-    /// A non-2xx answer to a stream call, read as async-openai reads one for a unary call:
+    /// A non-2xx answer to a chat call, read as async-openai reads one:
     /// OpenAI's `{"error": {"message"}}`, or the text itself (5xx bodies need not be JSON).
     /// At most [`MAX_ERROR_BODY`] bytes of it are read.
     async fn status_error(&self, response: Response<Incoming>) -> LlmError {
