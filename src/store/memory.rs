@@ -95,27 +95,32 @@ impl MemoryConversationStore {
 /// Drops the least recently used quarter of `max` (expired ones are the oldest of all), never a
 /// conversation with a turn running, so that a bounded store keeps taking new conversations and
 /// one scan pays for many inserts.
+///
+/// Two passes, neither cloning a key: the idle conversations' last-use times give the cut-off,
+/// then `retain` drops those at or before it. (The first version cloned a key `String` and an
+/// `Arc` per conversation, then looked each victim up again to remove it: an allocation per
+/// entry, every few thousand inserts, on a core the requests share.)
 fn make_room(map: &DashMap<String, Arc<Slot>>, max: usize) {
-    let mut idle: Vec<(Instant, Arc<Slot>, String)> = Vec::with_capacity(map.len());
+    let mut times: Vec<Instant> = Vec::with_capacity(map.len());
     for e in map.iter() {
         if e.value().turn.try_lock().is_ok() {
-            let used = e.value().data().last_used;
-            idle.push((used, Arc::clone(e.value()), e.key().clone()));
+            times.push(e.value().data().last_used);
         }
     }
-    let evict = (max / 4).max(1).min(idle.len());
+    let evict = (max / 4).max(1).min(times.len());
     if evict == 0 {
         return;
     }
-    idle.select_nth_unstable_by_key(evict - 1, |(t, _, _)| *t);
-    for (_, slot, id) in idle.into_iter().take(evict) {
-        // Only if it is still that slot and still idle.
-        map.remove_if(&id, |_, now| {
-            Arc::ptr_eq(now, &slot) && now.turn.try_lock().is_ok()
-        });
-    }
+    let (_, cutoff, _) = times.select_nth_unstable(evict - 1);
+    let cutoff = *cutoff;
+    let mut left = evict;
+    map.retain(|_, slot| {
+        let drop = left > 0 && slot.turn.try_lock().is_ok() && slot.data().last_used <= cutoff;
+        left -= usize::from(drop);
+        !drop
+    });
     tracing::debug!(
-        evicted = evict,
+        evicted = evict - left,
         "conversation store full: dropped the least recently used"
     );
 }
