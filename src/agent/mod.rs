@@ -50,8 +50,6 @@ struct PreparedTurn {
     lease: Box<dyn TurnLease>,
     conversation_id: String,
     request: ChatRequest,
-    /// The whole history sent (for counting tokens when the upstream reports none).
-    sent: Vec<Message>,
     /// The messages this turn adds before the answer (the system prompt on a new conversation,
     /// then the user message).
     new_messages: Vec<Message>,
@@ -77,25 +75,21 @@ async fn prepare(
     let mut messages = Vec::with_capacity(lease.history().len() + new_messages.len());
     messages.extend_from_slice(lease.history());
     messages.extend_from_slice(&new_messages);
-    let request = ChatRequest::new(
-        &turn.model,
-        messages.clone(),
-        turn.temperature,
-        turn.max_tokens,
-    );
+    let request = ChatRequest::new(&turn.model, messages, turn.temperature, turn.max_tokens);
     Ok(PreparedTurn {
         lease,
         conversation_id,
         request,
-        sent: messages,
         new_messages,
     })
 }
 
-fn tokens(usage: Option<Usage>, sent: &[Message], answer: &str) -> u64 {
+/// The turn's tokens as the upstream reports them; when it reports none, the words of what was
+/// sent (the history and this turn's new messages, which the turn still holds) and of the answer.
+fn tokens(usage: Option<Usage>, turn: &PreparedTurn, answer: &str) -> u64 {
     usage.map(|u| u.total_tokens).unwrap_or_else(|| {
-        // The upstream reported no usage: count words, so that the number is never absent.
-        sent.iter().map(|m| count_tokens(&m.content)).sum::<u64>() + count_tokens(answer)
+        let sent = turn.lease.history().iter().chain(&turn.new_messages);
+        sent.map(|m| count_tokens(&m.content)).sum::<u64>() + count_tokens(answer)
     })
 }
 
@@ -107,16 +101,16 @@ pub async fn run_turn(
     owner: &str,
     turn: ChatTurn,
 ) -> Result<TurnOutcome, AgentError> {
+    let mut prepared = prepare(store, owner, turn).await?;
+    tracing::Span::current().record("conversation_id", prepared.conversation_id.as_str());
+    let completion = llm.complete(std::mem::take(&mut prepared.request)).await?;
+    let tokens_used = tokens(completion.usage, &prepared, &completion.content);
     let PreparedTurn {
         lease,
         conversation_id,
-        request,
-        sent,
         mut new_messages,
-    } = prepare(store, owner, turn).await?;
-    tracing::Span::current().record("conversation_id", conversation_id.as_str());
-    let completion = llm.complete(request).await?;
-    let tokens_used = tokens(completion.usage, &sent, &completion.content);
+        ..
+    } = prepared;
     new_messages.push(Message::new("assistant", completion.content.clone()));
     lease.commit(new_messages).await?;
     Ok(TurnOutcome {
@@ -186,7 +180,7 @@ pub async fn stream_turn(
                 }
                 None => {
                     let mut prepared = st.prepared.take()?;
-                    let tokens_used = tokens(st.usage, &prepared.sent, &st.answer);
+                    let tokens_used = tokens(st.usage, &prepared, &st.answer);
                     prepared
                         .new_messages
                         .push(Message::new("assistant", std::mem::take(&mut st.answer)));

@@ -201,6 +201,12 @@ impl From<WireUsage> for Usage {
     }
 }
 
+/// The message of an OpenAI error object (`{"error": {"message": ...}}`), if `raw` is one.
+pub fn error_message(raw: &[u8]) -> Option<String> {
+    let wire: Wire = serde_json::from_slice(raw).ok()?;
+    wire.error?.message.map(Cow::into_owned)
+}
+
 fn parse_wire(raw: &str) -> Result<Wire<'_>, LlmError> {
     let wire: Wire = serde_json::from_str(raw).map_err(|e| LlmError::BadResponse(e.to_string()))?;
     if let Some(error) = &wire.error {

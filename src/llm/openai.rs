@@ -142,18 +142,8 @@ impl OpenAiProvider {
         let body = http::read_body(&mut response.into_body(), MAX_ERROR_BODY)
             .await
             .unwrap_or_default();
-        #[derive(serde::Deserialize)]
-        struct Wrapped {
-            error: Inner,
-        }
-        #[derive(serde::Deserialize)]
-        struct Inner {
-            message: String,
-        }
-        let message = match serde_json::from_slice::<Wrapped>(&body) {
-            Ok(w) => w.error.message,
-            Err(_) => String::from_utf8_lossy(&body).into_owned(),
-        };
+        let message = super::error_message(&body)
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
         let message = scrub(message, self.key.as_ref());
         if status == 429 {
             LlmError::RateLimited {
