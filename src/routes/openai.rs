@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use serde_json::{Map, Value, json};
@@ -16,9 +16,8 @@ use serde_json::{Map, Value, json};
 use crate::error::{ApiError, FieldError, OpenAiError};
 use crate::extract::AppJson;
 use crate::llm::{ChatRequest, ChunkStream, Messages};
-use crate::metrics::GaugeGuard;
 use crate::openapi::OpenAiErrorBody;
-use crate::routes::stream::X_ACCEL_BUFFERING;
+use crate::routes::stream::sse_response;
 use crate::state::AppState;
 
 /// Checks the fields this server relies on, fills in the model, and leaves the rest alone.
@@ -117,20 +116,7 @@ pub async fn chat_completions(
         return Ok(([(header::CONTENT_TYPE, json)], completion.raw).into_response());
     }
     let chunks = state.llm.stream(request).await.map_err(ApiError::from)?;
-    let keep_alive = KeepAlive::new()
-        .interval(state.config.sse_keepalive)
-        .text("keep-alive");
-    let open = GaugeGuard::new(&state.metrics.open_streams);
-    let events = openai_events(chunks, wants_usage).map(move |e| {
-        let _held = &open;
-        e
-    });
-    let mut res = Sse::new(events).keep_alive(keep_alive).into_response();
-    res.headers_mut()
-        .insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    Ok(res)
+    Ok(sse_response(&state, openai_events(chunks, wants_usage)))
 }
 
 /// Upstream chunks as OpenAI's SSE: each chunk as it came, then `data: [DONE]`. The usage-only

@@ -58,6 +58,22 @@ async fn start(state: AppState, caller: Caller, turn: ChatTurn) -> Result<Respon
         turn,
     )
     .await?;
+    // A comment first: the client has a byte as soon as the model accepted the call (an
+    // OpenAI stream's first chunk carries the role, not text), and proxies see a live stream.
+    let opened = futures::stream::once(std::future::ready(Ok(Event::default().comment("open"))));
+    Ok(sse_response(&state, opened.chain(sse_events(events))))
+}
+
+/// Tells nginx-style proxies not to buffer the stream.
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+
+/// An SSE answer as both stream routes (`/chat/stream`, `/v1/chat/completions`) send it:
+/// keep-alive comments, counted in the open-streams gauge while it lasts, and headers that keep
+/// proxies from buffering or caching it.
+pub fn sse_response(
+    state: &AppState,
+    events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
+) -> Response {
     let keep_alive = KeepAlive::new()
         .interval(state.config.sse_keepalive)
         .text("keep-alive");
@@ -66,20 +82,12 @@ async fn start(state: AppState, caller: Caller, turn: ChatTurn) -> Result<Respon
         let _held = &open;
         e
     });
-    // A comment first: the client has a byte as soon as the model accepted the call (an
-    // OpenAI stream's first chunk carries the role, not text), and proxies see a live stream.
-    let opened = futures::stream::once(std::future::ready(Ok(Event::default().comment("open"))));
-    let mut res = Sse::new(opened.chain(sse_events(events)))
-        .keep_alive(keep_alive)
-        .into_response();
+    let mut res = Sse::new(events).keep_alive(keep_alive).into_response();
     let headers = res.headers_mut();
     headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    Ok(res)
+    res
 }
-
-/// Tells nginx-style proxies not to buffer the stream.
-pub const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 /// Turns the domain's events into SSE frames, each with an increasing `id:`.
 pub fn sse_events(
