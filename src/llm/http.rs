@@ -1,25 +1,62 @@
-//! The HTTP client for upstream chat calls: hyper-util's pooled client, used directly.
+//! The HTTP client for upstream chat calls: HTTP/1.1 over pooled keep-alive connections, with the
+//! I/O done in the calling task.
 //!
-//! reqwest (which wraps this same client) parsed the request's URL twice more on every call, in
-//! its redirect layer and when reading the response; callgrind put reqwest's own share at about
-//! a sixth of a whole `POST /chat`. What reqwest gave and a gateway needs is kept here: a
-//! keep-alive pool, TCP_NODELAY, a connect timeout, TLS (rustls with ring, the platform's trust
-//! store) and `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY` (a proxy is reached over HTTP
-//! and asked to `CONNECT` to the upstream).
+//! Why not hyper's client: each of its connections is a task of its own, fed through a channel,
+//! and an open stream held about 17 KiB in it (the channel's first block of request slots, the
+//! task, an 8 KiB read buffer and an 8 KiB header buffer); at 10,000 open streams that was more
+//! than the rest of the server together. Here a connection is a socket and the bytes read but not
+//! yet taken: reads go through a buffer on the stack and only what arrived is kept, so a stream
+//! that waits for its next chunk holds no buffer at all. It also saves a task hand-off per call
+//! on the unary path. Before that, reqwest (which wraps hyper's client) parsed the URL twice more
+//! on every call; callgrind put reqwest's own share at a sixth of a whole `POST /chat`.
+//!
+//! What a gateway needs from a client is kept: a keep-alive pool (most recently used first,
+//! idle connections closed after 90 s, and a connection the upstream closed while idle is not
+//! used), TCP_NODELAY, a connect timeout, TLS (rustls with ring and the platform's trust store,
+//! by hyper-rustls's connector) and `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY` (a proxy is
+//! reached over HTTP and asked to `CONNECT` to the upstream, by hyper-util's connector).
+//!
+//! The response is read as RFC 9112 says: `Transfer-Encoding: chunked`, `Content-Length`, or to
+//! the end of the connection; interim 1xx answers are skipped; a head may not exceed
+//! [`MAX_HEAD_BYTES`] or [`MAX_HEADERS`] headers. A connection goes back to the pool only when
+//! its body was read to the end and nothing followed it. A request that finds its pooled
+//! connection closed before any byte of an answer came back is sent once more on a new one (the
+//! upstream closed an idle connection just as it was taken); no other request is ever repeated.
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker, ready};
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response, Uri};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
+use bytes::{Buf, Bytes, BytesMut};
+use futures::Stream;
+use hyper::Uri;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioIo;
 use rustls_platform_verifier::ConfigVerifierExt as _;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tower::ServiceExt as _;
+
+/// The largest response head (status line and headers) accepted.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The most response headers accepted.
+pub const MAX_HEADERS: usize = 100;
+/// The longest chunk-size or trailer line accepted in a chunked body.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Bytes read from the socket at once (into a buffer on the stack).
+const READ_SIZE: usize = 16 * 1024;
+/// How long an idle pooled connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// The most idle connections kept.
+const MAX_IDLE: usize = 1024;
 
 /// Proxy settings as the usual environment variables give them (read by `config.rs`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,23 +67,44 @@ pub struct ProxySettings {
     pub no: Option<String>,
 }
 
-#[derive(Clone)]
-enum Inner {
-    Direct(Client<HttpsConnector<HttpConnector>, Full<Bytes>>),
-    Tunneled(Client<HttpsConnector<Tunnel<HttpConnector>>, Full<Bytes>>),
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{0}")]
+    Connect(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the upstream closed the connection before it answered")]
+    ClosedBeforeAnswer,
+    #[error("the upstream closed the connection before the body ended")]
+    ClosedEarly,
+    #[error("the upstream's answer is not valid HTTP/1.1: {0}")]
+    Protocol(String),
 }
 
-/// A pooled client for one upstream (the proxy question is settled once, for its address).
+type Io = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
+
 #[derive(Clone)]
+enum Connector {
+    Direct(HttpsConnector<HttpConnector>),
+    Tunneled(HttpsConnector<Tunnel<HttpConnector>>),
+}
+
+/// A client for one upstream endpoint: every call is a `POST` of a body to it, with headers set
+/// once. Not `Debug`: its request head carries the upstream key.
 pub struct HttpClient {
-    inner: Inner,
+    connector: Connector,
+    uri: Uri,
+    /// `POST {path} HTTP/1.1`, `host` and the fixed headers, each line ending in CRLF.
+    head: Vec<u8>,
+    pool: Arc<Pool>,
     /// The proxy in use, for the start-up log line (without credentials).
     pub proxy: Option<String>,
 }
 
 impl HttpClient {
     pub fn new(
-        upstream: &Uri,
+        uri: &Uri,
+        headers: &HeaderMap,
         proxy: &ProxySettings,
         connect_timeout: Duration,
     ) -> Result<Self, String> {
@@ -62,10 +120,6 @@ impl HttpClient {
                 .https_or_http()
                 .enable_http1()
         };
-        let mut pool = Client::builder(TokioExecutor::new());
-        pool.pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .pool_timer(TokioTimer::new());
         let mut matcher = Matcher::builder();
         if let Some(v) = &proxy.all {
             matcher = matcher.all(v);
@@ -79,11 +133,8 @@ impl HttpClient {
         if let Some(v) = &proxy.no {
             matcher = matcher.no(v);
         }
-        Ok(match matcher.build().intercept(upstream) {
-            None => Self {
-                inner: Inner::Direct(pool.build(tls().wrap_connector(tcp))),
-                proxy: None,
-            },
+        let (connector, shown) = match matcher.build().intercept(uri) {
+            None => (Connector::Direct(tls().wrap_connector(tcp)), None),
             Some(via) => {
                 let mut tunnel = Tunnel::new(via.uri().clone(), tcp);
                 if let Some(auth) = via.basic_auth() {
@@ -94,24 +145,89 @@ impl HttpClient {
                     via.uri().scheme_str().unwrap_or("http"),
                     via.uri().authority().map(|a| a.host()).unwrap_or("")
                 );
-                Self {
-                    inner: Inner::Tunneled(pool.build(tls().wrap_connector(tunnel))),
-                    proxy: Some(shown),
-                }
+                (
+                    Connector::Tunneled(tls().wrap_connector(tunnel)),
+                    Some(shown),
+                )
             }
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("`{uri}` has no host"))?;
+        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let mut head = Vec::with_capacity(256);
+        for part in [
+            "POST ",
+            path,
+            " HTTP/1.1\r\nhost: ",
+            authority.as_str(),
+            "\r\n",
+        ] {
+            head.extend_from_slice(part.as_bytes());
+        }
+        for (name, value) in headers {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        Ok(Self {
+            connector,
+            uri: uri.clone(),
+            head,
+            pool: Arc::new(Pool::default()),
+            proxy: shown,
         })
     }
 
-    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, String> {
-        let result = match &self.inner {
-            Inner::Direct(c) => c.request(req).await,
-            Inner::Tunneled(c) => c.request(req).await,
-        };
-        result.map_err(|e| error_chain(&e))
+    /// POSTs `body` and reads the answer's head; the body is read from the [`Response`].
+    pub async fn post(&self, body: &[u8]) -> Result<Response, HttpError> {
+        let mut request = Vec::with_capacity(self.head.len() + 40 + body.len());
+        request.extend_from_slice(&self.head);
+        request.extend_from_slice(b"content-length: ");
+        request.extend_from_slice(body.len().to_string().as_bytes());
+        request.extend_from_slice(b"\r\n\r\n");
+        request.extend_from_slice(body);
+        let mut pooled = true;
+        loop {
+            let (mut conn, reused) = match pooled.then(|| self.pool.checkout()).flatten() {
+                Some(conn) => (conn, true),
+                None => (self.connect().await?, false),
+            };
+            match exchange(&mut conn, &request).await {
+                Ok(head) => {
+                    return Ok(Response {
+                        status: head.status,
+                        headers: head.headers,
+                        body: Body {
+                            conn: Some(conn),
+                            framing: head.framing,
+                            keep_alive: head.keep_alive,
+                            pool: Arc::clone(&self.pool),
+                        },
+                    });
+                }
+                // The upstream closed a pooled connection as it was taken: once more, anew.
+                Err(Failure::Stale(_)) if reused => pooled = false,
+                Err(Failure::Stale(e) | Failure::Other(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, HttpError> {
+        let io = match &self.connector {
+            Connector::Direct(c) => c.clone().oneshot(self.uri.clone()).await,
+            Connector::Tunneled(c) => c.clone().oneshot(self.uri.clone()).await,
+        }
+        .map_err(|e| HttpError::Connect(error_chain(&*e)))?;
+        Ok(Conn {
+            io: TokioIo::new(io),
+            buf: BytesMut::new(),
+        })
     }
 }
 
-/// An error with its causes, `a: b: c` (hyper's own text alone says little: "client error").
+/// An error with its causes, `a: b: c` (connectors' own texts alone say little).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
@@ -123,16 +239,693 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Reads a body up to `limit` bytes; the rest, if any, is not read.
-pub async fn read_body(body: &mut Incoming, limit: usize) -> Result<Vec<u8>, hyper::Error> {
-    let mut out = Vec::new();
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            out.extend_from_slice(&data);
+/// A connection and the bytes read from it but not yet taken.
+struct Conn {
+    io: Io,
+    buf: BytesMut,
+}
+
+impl Conn {
+    /// Reads what the socket has (at most [`READ_SIZE`]) onto `buf`; `Ok(0)` at its end. The
+    /// read goes through the stack, so an idle connection keeps no read buffer.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let mut scratch = [MaybeUninit::<u8>::uninit(); READ_SIZE];
+        let mut read = ReadBuf::uninit(&mut scratch);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
+        self.buf.extend_from_slice(read.filled());
+        Poll::Ready(Ok(read.filled().len()))
+    }
+
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// Whether an idle connection can still be used: the upstream has neither closed it nor
+    /// sent anything unasked (which would be read as the next answer).
+    fn is_usable(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+        let mut read = ReadBuf::uninit(&mut byte);
+        matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut read),
+            Poll::Pending
+        )
+    }
+}
+
+/// Idle connections, most recently used last.
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<VecDeque<(Conn, Instant)>>,
+}
+
+impl Pool {
+    fn checkout(&self) -> Option<Conn> {
+        loop {
+            let (mut conn, since) = self
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_back()?;
+            if since.elapsed() >= IDLE_TIMEOUT {
+                // Everything under it waited longer still.
+                let old = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+                drop(old);
+                return None;
+            }
+            if conn.is_usable() {
+                return Some(conn);
+            }
+        }
+    }
+
+    fn checkin(&self, conn: Conn) {
+        let now = Instant::now();
+        let mut closed = Vec::new();
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            while let Some((_, since)) = idle.front() {
+                if idle.len() < MAX_IDLE && now.duration_since(*since) < IDLE_TIMEOUT {
+                    break;
+                }
+                closed.extend(idle.pop_front());
+            }
+            idle.push_back((conn, now));
+        }
+        // Sockets are closed outside the lock.
+        drop(closed);
+    }
+}
+
+/// An upstream's answer: its status and headers; the body is read from `body`.
+pub struct Response {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Body,
+}
+
+struct Head {
+    status: u16,
+    headers: HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+enum Failure {
+    /// Nothing came back: the connection was closed (or reset) before any byte of an answer.
+    Stale(HttpError),
+    Other(HttpError),
+}
+
+/// Writes the request and reads the head of the (final) answer.
+async fn exchange(conn: &mut Conn, request: &[u8]) -> Result<Head, Failure> {
+    let written = async {
+        conn.io.write_all(request).await?;
+        conn.io.flush().await
+    };
+    written.await.map_err(|e| Failure::Stale(e.into()))?;
+    let mut answered = false;
+    loop {
+        if !conn.buf.is_empty() {
+            answered = true;
+            if let Some(head) = parse_head(&mut conn.buf).map_err(Failure::Other)? {
+                return Ok(head);
+            }
+            if conn.buf.len() > MAX_HEAD_BYTES {
+                return Err(Failure::Other(HttpError::Protocol(format!(
+                    "the response head is larger than {MAX_HEAD_BYTES} bytes"
+                ))));
+            }
+        }
+        match conn.fill().await {
+            Ok(0) if answered => return Err(Failure::Other(HttpError::ClosedEarly)),
+            Ok(0) => return Err(Failure::Stale(HttpError::ClosedBeforeAnswer)),
+            Ok(_) => {}
+            Err(e) if answered => return Err(Failure::Other(e.into())),
+            Err(e) => return Err(Failure::Stale(e.into())),
+        }
+    }
+}
+
+/// Parses a complete head off the front of `buf`: `None` until one is there. Interim (1xx)
+/// answers are taken off and skipped.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, HttpError> {
+    loop {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut slots);
+        let len = match parsed.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(HttpError::Protocol(e.to_string())),
+        };
+        let status = parsed.code.unwrap_or(0);
+        if status == 101 {
+            return Err(HttpError::Protocol("an unasked-for protocol switch".into()));
+        }
+        if (100..200).contains(&status) {
+            buf.advance(len);
+            continue;
+        }
+        let mut keep_alive = parsed.version == Some(1);
+        let mut chunked = None;
+        let mut length: Option<u64> = None;
+        let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+        for h in parsed.headers.iter() {
+            let value = h.value;
+            if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                // Only the last coding says how the body ends.
+                let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if h.name.eq_ignore_ascii_case("content-length") {
+                let n = std::str::from_utf8(value)
+                    .ok()
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| HttpError::Protocol("a bad Content-Length".into()))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(HttpError::Protocol("two different Content-Lengths".into()));
+                }
+                length = Some(n);
+            } else if h.name.eq_ignore_ascii_case("connection") {
+                for token in value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        keep_alive = false;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive = true;
+                    }
+                }
+            }
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(h.name.as_bytes()),
+                HeaderValue::from_bytes(value),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        let framing = if status == 204 || status == 304 {
+            Framing::Length(0)
+        } else {
+            match (chunked, length) {
+                (Some(true), None) => Framing::Chunked(Chunked::Size),
+                // Both, or a coding that is not chunked last: read to the end, and do not
+                // reuse a connection whose framing was in doubt.
+                (Some(true), Some(_)) => {
+                    keep_alive = false;
+                    Framing::Chunked(Chunked::Size)
+                }
+                (Some(false), _) | (None, None) => {
+                    keep_alive = false;
+                    Framing::ToEnd
+                }
+                (None, Some(n)) => Framing::Length(n),
+            }
+        };
+        buf.advance(len);
+        return Ok(Some(Head {
+            status,
+            headers,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunked),
+    /// The body ends with the connection.
+    ToEnd,
+    Done,
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunked {
+    Size,
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    Trailers,
+}
+
+/// What one step of the chunked decoder found in the buffer.
+#[derive(Debug, PartialEq, Eq)]
+enum Decoded {
+    Data(Bytes),
+    NeedMore,
+    End,
+}
+
+impl Chunked {
+    /// Decodes what `buf` holds, as far as it goes.
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, HttpError> {
+        loop {
+            match *self {
+                Chunked::Size | Chunked::Trailers => {
+                    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+                        if buf.len() > MAX_CHUNK_LINE {
+                            return Err(HttpError::Protocol("a chunk line is too long".into()));
+                        }
+                        return Ok(Decoded::NeedMore);
+                    };
+                    if end > MAX_CHUNK_LINE {
+                        return Err(HttpError::Protocol("a chunk line is too long".into()));
+                    }
+                    let line = buf.split_to(end + 1);
+                    let line = line[..end].strip_suffix(b"\r").unwrap_or(&line[..end]);
+                    if *self == Chunked::Trailers {
+                        if line.is_empty() {
+                            return Ok(Decoded::End);
+                        }
+                        continue;
+                    }
+                    // The size, then perhaps `;extensions`, which mean nothing here.
+                    let size = line.split(|&b| b == b';').next().unwrap_or_default();
+                    let size = std::str::from_utf8(size.trim_ascii())
+                        .ok()
+                        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit()))
+                        .and_then(|s| u64::from_str_radix(s, 16).ok())
+                        .ok_or_else(|| HttpError::Protocol("a bad chunk size".into()))?;
+                    *self = if size == 0 {
+                        Chunked::Trailers
+                    } else {
+                        Chunked::Data(size)
+                    };
+                }
+                Chunked::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let n = left.min(buf.len() as u64);
+                    *self = if n == left {
+                        Chunked::DataEnd
+                    } else {
+                        Chunked::Data(left - n)
+                    };
+                    return Ok(Decoded::Data(buf.split_to(n as usize).freeze()));
+                }
+                Chunked::DataEnd => match buf.first() {
+                    None => return Ok(Decoded::NeedMore),
+                    Some(b'\n') => {
+                        buf.advance(1);
+                        *self = Chunked::Size;
+                    }
+                    Some(b'\r') if buf.len() == 1 => return Ok(Decoded::NeedMore),
+                    Some(b'\r') if buf[1] == b'\n' => {
+                        buf.advance(2);
+                        *self = Chunked::Size;
+                    }
+                    Some(_) => {
+                        return Err(HttpError::Protocol(
+                            "a chunk is longer than its size".into(),
+                        ));
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// A response body, read as its caller takes it (no task, no buffer beyond what arrived).
+/// Dropped before its end, it closes the connection: that is how an upstream call is cancelled.
+pub struct Body {
+    conn: Option<Conn>,
+    framing: Framing,
+    keep_alive: bool,
+    pool: Arc<Pool>,
+}
+
+impl Body {
+    /// The next piece of the body; `None` at its end.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, HttpError> {
+        poll_fn(|cx| self.poll_piece(cx)).await
+    }
+
+    /// The whole body, or its first `limit` bytes and more if it is longer (not read further).
+    pub async fn read_up_to(mut self, limit: usize) -> Result<Vec<u8>, HttpError> {
+        let mut out = Vec::new();
+        if let Framing::Length(n) = self.framing {
+            out.reserve(n.min(limit as u64) as usize);
+        }
+        while let Some(piece) = self.next().await? {
+            out.extend_from_slice(&piece);
             if out.len() >= limit {
                 break;
             }
         }
+        Ok(out)
     }
-    Ok(out)
+
+    fn poll_piece(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, HttpError>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(Ok(None));
+            };
+            let buf = &mut conn.buf;
+            let piece = match &mut self.framing {
+                Framing::Done => None,
+                Framing::Length(0) => {
+                    self.framing = Framing::Done;
+                    continue;
+                }
+                Framing::Length(left) if !buf.is_empty() => {
+                    let n = (*left).min(buf.len() as u64);
+                    *left -= n;
+                    Some(buf.split_to(n as usize).freeze())
+                }
+                Framing::ToEnd if !buf.is_empty() => Some(buf.split().freeze()),
+                Framing::Chunked(state) => match state.decode(buf)? {
+                    Decoded::Data(bytes) => Some(bytes),
+                    Decoded::End => {
+                        self.framing = Framing::Done;
+                        continue;
+                    }
+                    Decoded::NeedMore => {
+                        ready!(self.poll_more(cx))?;
+                        continue;
+                    }
+                },
+                Framing::Length(_) | Framing::ToEnd => {
+                    ready!(self.poll_more(cx))?;
+                    continue;
+                }
+            };
+            if buf.is_empty() {
+                // Let go of the allocation once the pieces handed out are dropped.
+                *buf = BytesMut::new();
+            }
+            match piece {
+                Some(bytes) => return Poll::Ready(Ok(Some(bytes))),
+                None => {
+                    self.finish();
+                    return Poll::Ready(Ok(None));
+                }
+            }
+        }
+    }
+
+    /// Reads more from the socket; its end is the body's end only for [`Framing::ToEnd`].
+    fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        match ready!(conn.poll_fill(cx)) {
+            Ok(0) if matches!(self.framing, Framing::ToEnd) => {
+                self.framing = Framing::Done;
+                self.keep_alive = false;
+                Poll::Ready(Ok(()))
+            }
+            Ok(0) => {
+                self.conn = None;
+                Poll::Ready(Err(HttpError::ClosedEarly))
+            }
+            Ok(_) => Poll::Ready(Ok(())),
+            Err(e) => {
+                self.conn = None;
+                Poll::Ready(Err(e.into()))
+            }
+        }
+    }
+
+    /// The body was read to its end: the connection goes back to the pool if it can be reused.
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && self.keep_alive
+            && conn.buf.is_empty()
+        {
+            self.pool.checkin(conn);
+        }
+    }
+}
+
+impl Stream for Body {
+    type Item = Result<Bytes, HttpError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match ready!(self.poll_piece(cx)) {
+            Ok(Some(bytes)) => Poll::Ready(Some(Ok(bytes))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => {
+                self.conn = None;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    fn decode_all(pieces: &[&[u8]]) -> Result<(Vec<u8>, bool), HttpError> {
+        let mut state = Chunked::Size;
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for piece in pieces {
+            buf.extend_from_slice(piece);
+            loop {
+                match state.decode(&mut buf)? {
+                    Decoded::Data(b) => out.extend_from_slice(&b),
+                    Decoded::NeedMore => break,
+                    Decoded::End => return Ok((out, buf.is_empty())),
+                }
+            }
+        }
+        Ok((out, false))
+    }
+
+    #[test]
+    fn chunked_split_anywhere() {
+        let whole: &[u8] =
+            b"5;ext=1\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nx-trailer: 1\r\n\r\n";
+        let expected = (b"hello 0123456789".to_vec(), true);
+        assert_eq!(decode_all(&[whole]).unwrap(), expected);
+        for i in 0..whole.len() {
+            let (a, b) = whole.split_at(i);
+            assert_eq!(decode_all(&[a, b]).unwrap(), expected, "split at {i}");
+        }
+        // Bare LF line ends are taken too.
+        assert_eq!(
+            decode_all(&[b"3\nabc\n0\n\n"]).unwrap(),
+            (b"abc".to_vec(), true)
+        );
+    }
+
+    #[test]
+    fn chunked_refuses_nonsense() {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"\r\n",
+            b"-1\r\n",
+            b"3\r\nabcd\r\n",
+            b"11111111111111111\r\n",
+        ] {
+            assert!(
+                matches!(decode_all(&[bad]), Err(HttpError::Protocol(_))),
+                "{bad:?}"
+            );
+        }
+        let long = vec![b'1'; MAX_CHUNK_LINE + 1];
+        assert!(matches!(decode_all(&[&long]), Err(HttpError::Protocol(_))));
+    }
+
+    #[test]
+    fn head_framing() {
+        let head = |text: &str| parse_head(&mut BytesMut::from(text));
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nRetry-After: 7\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(matches!(h.framing, Framing::Length(5)) && h.keep_alive);
+        assert_eq!(h.headers["retry-after"], "7");
+        let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(matches!(h.framing, Framing::Chunked(_)) && h.keep_alive);
+        let h = head("HTTP/1.1 200 OK\r\nConnection: close\r\ncontent-length: 1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!h.keep_alive);
+        let h = head("HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
+        assert!(matches!(h.framing, Framing::ToEnd) && !h.keep_alive);
+        let h = head("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.status, 204);
+        assert!(matches!(h.framing, Framing::Length(0)));
+        assert!(head("HTTP/1.1 200 OK\r\nContent-Le").unwrap().is_none());
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 101 Switching\r\n\r\n",
+            "HTTQ/1.1 200 OK\r\n\r\n",
+        ] {
+            assert!(head(bad).is_err(), "{bad}");
+        }
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: 1\r\n")).collect();
+        assert!(head(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")).is_err());
+    }
+
+    /// What the raw test server does with each request it reads on a connection.
+    #[derive(Clone, Copy)]
+    enum Step {
+        Answer(&'static str),
+        /// Answers, then closes the connection.
+        AnswerAndClose(&'static str),
+        /// Closes the connection without answering.
+        Close,
+    }
+
+    /// A server that plays each connection's steps in turn, one per request read, and counts
+    /// the connections it accepted.
+    #[expect(clippy::disallowed_methods, reason = "a test server, not the app's work")]
+    async fn raw_server(connections: Vec<Vec<Step>>) -> (Uri, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri: Uri = format!("http://{}/v1/chat", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            for steps in connections {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    for step in steps {
+                        let mut seen = Vec::new();
+                        let mut bytes = [0u8; 1024];
+                        // Reads one request: its head, then as many bytes as it says.
+                        loop {
+                            let n = socket.read(&mut bytes).await.unwrap_or(0);
+                            if n == 0 {
+                                return;
+                            }
+                            seen.extend_from_slice(&bytes[..n]);
+                            let text = String::from_utf8_lossy(&seen);
+                            if let Some(end) = text.find("\r\n\r\n") {
+                                let len: usize = text[..end]
+                                    .lines()
+                                    .find_map(|l| l.strip_prefix("content-length: "))
+                                    .and_then(|v| v.parse().ok())
+                                    .unwrap_or(0);
+                                if seen.len() >= end + 4 + len {
+                                    break;
+                                }
+                            }
+                        }
+                        match step {
+                            Step::Answer(a) => socket.write_all(a.as_bytes()).await.unwrap(),
+                            Step::AnswerAndClose(a) => {
+                                socket.write_all(a.as_bytes()).await.unwrap();
+                                return;
+                            }
+                            Step::Close => return,
+                        }
+                    }
+                    // Keep the connection open until the client lets go of it.
+                    let _ = socket.read(&mut [0u8; 16]).await;
+                });
+            }
+        });
+        (uri, accepted)
+    }
+
+    fn client(uri: &Uri) -> HttpClient {
+        HttpClient::new(
+            uri,
+            &HeaderMap::new(),
+            &ProxySettings::default(),
+            Duration::from_secs(2),
+        )
+        .unwrap()
+    }
+
+    async fn body_text(response: Response) -> String {
+        String::from_utf8(response.body.read_up_to(1 << 20).await.unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn keep_alive_connection_is_reused() {
+        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let chunked = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+        let (uri, accepted) = raw_server(vec![vec![
+            Step::Answer(ok),
+            Step::Answer(chunked),
+            Step::Answer(ok),
+        ]])
+        .await;
+        let c = client(&uri);
+        for _ in 0..3 {
+            let r = c.post(b"{}").await.unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(body_text(r).await, "ok");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn closed_pooled_connection_is_replaced_and_the_request_sent_once_more() {
+        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        // The first connection answers once, then closes when the second request arrives.
+        let (uri, accepted) = raw_server(vec![
+            vec![Step::Answer(ok), Step::Close],
+            vec![Step::Answer(ok)],
+        ])
+        .await;
+        let c = client(&uri);
+        assert_eq!(body_text(c.post(b"1").await.unwrap()).await, "ok");
+        assert_eq!(body_text(c.post(b"2").await.unwrap()).await, "ok");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_fresh_connection_closed_before_answering_is_an_error_not_a_retry() {
+        let (uri, accepted) = raw_server(vec![vec![Step::Close], vec![Step::Close]]).await;
+        let c = client(&uri);
+        assert!(matches!(
+            c.post(b"1").await,
+            Err(HttpError::ClosedBeforeAnswer | HttpError::Io(_))
+        ));
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn body_to_the_end_of_the_connection_and_cut_bodies() {
+        let to_end = "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it";
+        let short = "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc";
+        let cut = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab";
+        let (uri, _) = raw_server(vec![
+            vec![Step::AnswerAndClose(to_end)],
+            vec![Step::AnswerAndClose(short)],
+            vec![Step::AnswerAndClose(cut)],
+        ])
+        .await;
+        let c = client(&uri);
+        let r = c.post(b"").await.unwrap();
+        assert_eq!(body_text(r).await, "all of it");
+        for _ in 0..2 {
+            let r = c.post(b"").await.unwrap();
+            assert!(matches!(
+                r.body.read_up_to(100).await,
+                Err(HttpError::ClosedEarly)
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn connection_refused_is_a_connect_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri: Uri = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        drop(listener);
+        assert!(matches!(
+            client(&uri).post(b"").await,
+            Err(HttpError::Connect(_))
+        ));
+    }
 }

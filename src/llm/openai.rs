@@ -20,16 +20,13 @@ use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
 use async_openai::middleware::ReqwestService;
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures::StreamExt;
-use http_body_util::{BodyDataStream, Full};
-use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
-use hyper::{Method, Request, Response, Uri};
+use hyper::Uri;
+use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use serde_json::{Value, json};
 use std::future::ready;
 
-use super::http::{self, HttpClient, ProxySettings};
+use super::http::{HttpClient, HttpError, ProxySettings, Response};
 use super::{
     ChatChunk, ChatRequest, ChunkStream, Completion, LlmError, LlmProvider, guard_stream, sse,
 };
@@ -41,11 +38,9 @@ const READY_CACHE: Duration = Duration::from_secs(30);
 pub struct OpenAiProvider {
     /// async-openai, for the `/models` readiness probe.
     client: Client<OpenAIConfig>,
-    /// The pooled client for chat calls.
+    /// The pooled client for chat calls to `{base}/chat/completions`, with the headers
+    /// async-openai would send (the key).
     http: HttpClient,
-    /// `{base}/chat/completions` and the headers async-openai would send (the key), built once.
-    chat_uri: Uri,
-    headers: HeaderMap,
     timeout: Duration,
     /// The upstream key, kept only to scrub it from upstream error messages.
     key: Option<Secret>,
@@ -81,16 +76,14 @@ impl OpenAiProvider {
             .with_api_key(api_key.map(Secret::expose).unwrap_or("none"));
         let chat_uri = config.url("/chat/completions");
         let chat_uri: Uri = chat_uri.parse().map_err(|e| format!("{e}: `{chat_uri}`"))?;
-        let chat_http = HttpClient::new(&chat_uri, proxy, connect_timeout)?;
+        let mut headers = config.headers();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let chat_http = HttpClient::new(&chat_uri, &headers, proxy, connect_timeout)?;
         if let Some(via) = &chat_http.proxy {
             tracing::info!(proxy = %via, "the upstream is reached through a proxy");
         }
-        let mut headers = config.headers();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         Ok(Self {
             http: chat_http,
-            chat_uri,
-            headers,
             // No retry layer: async-openai's default retries 429 and 5xx with backoff, which
             // in a gateway multiplies upstream cost and hides the upstream's answer from the
             // caller, who can retry (429 answers carry Retry-After).
@@ -103,18 +96,14 @@ impl OpenAiProvider {
     }
 
     /// POSTs a chat-completions body; a non-2xx answer becomes the error it describes.
-    async fn post_chat(&self, body: &ChatRequest) -> Result<Response<Incoming>, LlmError> {
+    async fn post_chat(&self, body: &ChatRequest) -> Result<Response, LlmError> {
         let body = serde_json::to_vec(body).map_err(|e| LlmError::Failed(e.to_string()))?;
-        let mut req = Request::new(Full::new(Bytes::from(body)));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = self.chat_uri.clone();
-        *req.headers_mut() = self.headers.clone();
         let response = self
             .http
-            .send(req)
+            .post(&body)
             .await
-            .map_err(|e| LlmError::Connect(scrub(e, self.key.as_ref())))?;
-        if !response.status().is_success() {
+            .map_err(|e| self.http_error(e))?;
+        if !(200..300).contains(&response.status) {
             return Err(self.status_error(response).await);
         }
         Ok(response)
@@ -124,22 +113,28 @@ impl OpenAiProvider {
         map_error(err, self.key.as_ref(), self.timeout)
     }
 
-    fn body_error(&self, err: hyper::Error) -> LlmError {
-        LlmError::Connect(scrub(http::error_chain(&err), self.key.as_ref()))
+    fn http_error(&self, err: HttpError) -> LlmError {
+        let message = scrub(err.to_string(), self.key.as_ref());
+        match err {
+            HttpError::Protocol(_) => LlmError::BadResponse(message),
+            _ => LlmError::Connect(message),
+        }
     }
 
     /// A non-2xx answer to a chat call, read as async-openai reads one:
     /// OpenAI's `{"error": {"message"}}`, or the text itself (5xx bodies need not be JSON).
     /// At most [`MAX_ERROR_BODY`] bytes of it are read.
-    async fn status_error(&self, response: Response<Incoming>) -> LlmError {
-        let status = response.status().as_u16();
+    async fn status_error(&self, response: Response) -> LlmError {
+        let status = response.status;
         let retry_after = response
-            .headers()
+            .headers
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = http::read_body(&mut response.into_body(), MAX_ERROR_BODY)
+        let body = response
+            .body
+            .read_up_to(MAX_ERROR_BODY)
             .await
             .unwrap_or_default();
         let message = super::error_message(&body)
@@ -215,9 +210,11 @@ impl LlmProvider for OpenAiProvider {
         body.extra.remove("stream_options");
         let call = async {
             let response = self.post_chat(&body).await?;
-            let bytes = http::read_body(&mut response.into_body(), MAX_COMPLETION_BYTES + 1)
+            let bytes = response
+                .body
+                .read_up_to(MAX_COMPLETION_BYTES + 1)
                 .await
-                .map_err(|e| self.body_error(e))?;
+                .map_err(|e| self.http_error(e))?;
             if bytes.len() > MAX_COMPLETION_BYTES {
                 return Err(LlmError::BadResponse(format!(
                     "the completion is larger than {MAX_COMPLETION_BYTES} bytes"
@@ -254,7 +251,7 @@ impl LlmProvider for OpenAiProvider {
             .await
             .map_err(|_| LlmError::Timeout(self.timeout))??;
         let key = self.key.clone();
-        let chunks = sse::events(BodyDataStream::new(response.into_body()))
+        let chunks = sse::events(response.body)
             // `[DONE]` ends the stream: whatever the upstream sends after it is not read.
             .take_while(|e| ready(!matches!(e, Ok(e) if e.data == "[DONE]")))
             .filter_map(move |event| {

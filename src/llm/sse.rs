@@ -56,6 +56,10 @@ impl SseParser {
                 if self.buf.len() + self.data.len() > MAX_EVENT_BYTES {
                     return Err(SseError::TooLarge);
                 }
+                if self.buf.is_empty() {
+                    // A stream waiting for its next event holds no buffer.
+                    self.buf = BytesMut::new();
+                }
                 return Ok(None);
             };
             self.after_cr = self.buf[end] == b'\r';
