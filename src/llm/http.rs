@@ -782,7 +782,10 @@ mod tests {
 
     /// A server that plays each connection's steps in turn, one per request read, and counts
     /// the connections it accepted.
-    #[expect(clippy::disallowed_methods, reason = "a test server, not the app's work")]
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a test server, not the app's work"
+    )]
     async fn raw_server(connections: Vec<Vec<Step>>) -> (Uri, Arc<std::sync::atomic::AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let uri: Uri = format!("http://{}/v1/chat", listener.local_addr().unwrap())

@@ -251,19 +251,18 @@ impl LlmProvider for OpenAiProvider {
             .await
             .map_err(|_| LlmError::Timeout(self.timeout))??;
         let key = self.key.clone();
-        let chunks = sse::events(response.body)
-            // `[DONE]` ends the stream: whatever the upstream sends after it is not read.
-            .take_while(|e| ready(!matches!(e, Ok(e) if e.data == "[DONE]")))
-            .filter_map(move |event| {
-                ready(match event {
-                    Ok(e) if e.event == "keepalive" => None,
-                    Ok(e) => Some(ChatChunk::parse(e.data)),
-                    Err(e) => Some(Err(LlmError::BadResponse(scrub(
-                        e.to_string(),
-                        key.as_ref(),
-                    )))),
-                })
-            });
+        // `[DONE]` ends the stream; the body's end after it is read so that the connection
+        // goes back to the pool.
+        let chunks = sse::events(response.body, "[DONE]").filter_map(move |event| {
+            ready(match event {
+                Ok(e) if e.event == "keepalive" => None,
+                Ok(e) => Some(ChatChunk::parse(e.data)),
+                Err(e) => Some(Err(LlmError::BadResponse(scrub(
+                    e.to_string(),
+                    key.as_ref(),
+                )))),
+            })
+        });
         Ok(guard_stream(Box::pin(chunks), self.timeout))
     }
 

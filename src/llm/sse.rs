@@ -103,28 +103,45 @@ impl SseParser {
     }
 }
 
+/// How long the rest of a body is read after its `done` event (see [`events`]).
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Events read from `body`, ending when it ends (an unfinished last event is dropped, as the SSE
-/// specification says) or after the first error.
-pub fn events<S, E>(body: S) -> impl Stream<Item = Result<SseEvent, SseError>> + Send + 'static
+/// specification says), after the first error, or at an event whose data is `done` (OpenAI's
+/// `[DONE]`), which is not yielded. After `done` the body is read to its end for at most
+/// [`DRAIN_TIME`], what comes is dropped: an upstream ends its body right after `[DONE]`, and a
+/// body read to its end lets the HTTP client reuse the connection.
+pub fn events<S, E>(
+    body: S,
+    done: &'static str,
+) -> impl Stream<Item = Result<SseEvent, SseError>> + Send + 'static
 where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
     E: std::fmt::Display,
 {
-    futures::stream::unfold(Some((body, SseParser::default())), |state| async move {
-        let (mut body, mut parser) = state?;
-        loop {
-            match parser.next_event() {
-                Ok(Some(event)) => return Some((Ok(event), Some((body, parser)))),
-                Ok(None) => {}
-                Err(e) => return Some((Err(e), None)),
+    futures::stream::unfold(
+        Some((body, SseParser::default())),
+        move |state| async move {
+            let (mut body, mut parser) = state?;
+            loop {
+                match parser.next_event() {
+                    Ok(Some(event)) if event.data == done => {
+                        let rest = async { while let Some(Ok(_)) = body.next().await {} };
+                        let _ = tokio::time::timeout(DRAIN_TIME, rest).await;
+                        return None;
+                    }
+                    Ok(Some(event)) => return Some((Ok(event), Some((body, parser)))),
+                    Ok(None) => {}
+                    Err(e) => return Some((Err(e), None)),
+                }
+                match body.next().await {
+                    Some(Ok(bytes)) => parser.feed(&bytes),
+                    Some(Err(e)) => return Some((Err(SseError::Body(e.to_string())), None)),
+                    None => return None,
+                }
             }
-            match body.next().await {
-                Some(Ok(bytes)) => parser.feed(&bytes),
-                Some(Err(e)) => return Some((Err(SseError::Body(e.to_string())), None)),
-                None => return None,
-            }
-        }
-    })
+        },
+    )
 }
 
 #[cfg(test)]
@@ -198,9 +215,26 @@ mod tests {
     async fn stream_ends_on_body_error() {
         let body =
             futures::stream::iter(vec![Ok(Bytes::from_static(b"data: 1\n\n")), Err("reset")]);
-        let got: Vec<_> = events(body).collect().await;
+        let got: Vec<_> = events(body, "[DONE]").collect().await;
         assert_eq!(got.len(), 2);
         assert_eq!(got[0], Ok(data("1")));
         assert_eq!(got[1], Err(SseError::Body("reset".into())));
+    }
+
+    #[tokio::test]
+    async fn done_ends_the_events_and_the_rest_of_the_body_is_read() {
+        let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&taken);
+        let pieces: Vec<Result<Bytes, &str>> = vec![
+            Ok(Bytes::from_static(b"data: 1\n\ndata: [DONE]\n\n")),
+            Ok(Bytes::from_static(b"data: after\n\n")),
+            Ok(Bytes::from_static(b"more")),
+        ];
+        let body = futures::stream::iter(pieces).inspect(move |_| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        let got: Vec<_> = events(body, "[DONE]").collect().await;
+        assert_eq!(got, vec![Ok(data("1"))]);
+        assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 }
