@@ -85,25 +85,51 @@ impl MemoryConversationStore {
 
     fn expire(&self) {
         let ttl = self.ttl;
-        self.map.retain(|_, slot| {
-            // A slot whose turn is running is in use, whatever its age.
-            slot.turn.try_lock().is_err() || slot.data().last_used.elapsed() < ttl
-        });
+        // A slot whose turn is running is in use, whatever its age.
+        let expired =
+            |slot: &Slot| slot.turn.try_lock().is_ok() && slot.data().last_used.elapsed() >= ttl;
+        let keys: Vec<String> = self
+            .map
+            .iter()
+            .filter(|e| expired(e.value()))
+            .map(|e| e.key().clone())
+            .collect();
+        remove_each(&self.map, keys, |slot| expired(slot));
     }
+}
+
+/// Removes each of `keys` whose slot still matches `still` when its shard is locked for it;
+/// returns how many went. One short write lock per key, and the slots are dropped outside it:
+/// `retain` held each shard's write lock for its whole pass, and every request that creates a
+/// conversation waited behind it (its `len()` reads every shard).
+fn remove_each(
+    map: &DashMap<String, Arc<Slot>>,
+    keys: Vec<String>,
+    still: impl Fn(&Slot) -> bool,
+) -> usize {
+    let mut removed = 0;
+    for key in keys {
+        let gone = map.remove_if(&key, |_, slot| still(slot));
+        removed += usize::from(gone.is_some());
+        drop(gone);
+    }
+    removed
 }
 
 /// Drops the least recently used quarter of `max` (expired ones are the oldest of all), never a
 /// conversation with a turn running, so that a bounded store keeps taking new conversations and
 /// one scan pays for many inserts.
 ///
-/// Two passes, neither cloning a key: the idle conversations' last-use times give the cut-off,
-/// then `retain` drops those at or before it. (The first version cloned a key `String` and an
-/// `Arc` per conversation, then looked each victim up again to remove it: an allocation per
-/// entry, every few thousand inserts, on a core the requests share.)
+/// Two read passes (shard read locks, which requests share): the idle conversations' last-use
+/// times give the cut-off, then the keys at or before it (a key cloned per victim only); then
+/// each victim is removed on its own. (The first version cloned a key and an `Arc` for every
+/// conversation; the second dropped victims inside `retain`, holding each shard's write lock for
+/// its whole pass, which showed as the open-loop p99 of `/chat` above that of `/v1`.)
 fn make_room(map: &DashMap<String, Arc<Slot>>, max: usize) {
+    let idle = |slot: &Slot| slot.turn.try_lock().is_ok();
     let mut times: Vec<Instant> = Vec::with_capacity(map.len());
     for e in map.iter() {
-        if e.value().turn.try_lock().is_ok() {
+        if idle(e.value()) {
             times.push(e.value().data().last_used);
         }
     }
@@ -113,14 +139,17 @@ fn make_room(map: &DashMap<String, Arc<Slot>>, max: usize) {
     }
     let (_, cutoff, _) = times.select_nth_unstable(evict - 1);
     let cutoff = *cutoff;
-    let mut left = evict;
-    map.retain(|_, slot| {
-        let drop = left > 0 && slot.turn.try_lock().is_ok() && slot.data().last_used <= cutoff;
-        left -= usize::from(drop);
-        !drop
-    });
+    drop(times);
+    let old = |slot: &Slot| idle(slot) && slot.data().last_used <= cutoff;
+    let victims: Vec<String> = map
+        .iter()
+        .filter(|e| old(e.value()))
+        .take(evict)
+        .map(|e| e.key().clone())
+        .collect();
+    let evicted = remove_each(map, victims, old);
     tracing::debug!(
-        evicted = evict - left,
+        evicted,
         "conversation store full: dropped the least recently used"
     );
 }
