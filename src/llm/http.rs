@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use futures::Stream;
 use hyper::Uri;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::header::HeaderMap;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
@@ -198,7 +198,7 @@ impl HttpClient {
                 Ok(head) => {
                     return Ok(Response {
                         status: head.status,
-                        headers: head.headers,
+                        head: head.bytes,
                         body: Body {
                             conn: Some(conn),
                             framing: head.framing,
@@ -317,16 +317,33 @@ impl Pool {
     }
 }
 
-/// An upstream's answer: its status and headers; the body is read from `body`.
+/// An upstream's answer: its status and head; the body is read from `body`.
 pub struct Response {
     pub status: u16,
-    pub headers: HeaderMap,
+    /// The head as it came: headers are looked up in it only when asked for (on error paths),
+    /// rather than copied into a map on every call.
+    head: Bytes,
     pub body: Body,
+}
+
+impl Response {
+    /// The first value of the header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut slots);
+        parsed.parse(&self.head).ok()?;
+        let value = parsed
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))?
+            .value;
+        Some(value)
+    }
 }
 
 struct Head {
     status: u16,
-    headers: HeaderMap,
+    bytes: Bytes,
     framing: Framing,
     keep_alive: bool,
 }
@@ -389,7 +406,6 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, HttpError> {
         let mut keep_alive = parsed.version == Some(1);
         let mut chunked = None;
         let mut length: Option<u64> = None;
-        let mut headers = HeaderMap::with_capacity(parsed.headers.len());
         for h in parsed.headers.iter() {
             let value = h.value;
             if h.name.eq_ignore_ascii_case("transfer-encoding") {
@@ -417,12 +433,6 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, HttpError> {
                     }
                 }
             }
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(h.name.as_bytes()),
-                HeaderValue::from_bytes(value),
-            ) {
-                headers.append(name, value);
-            }
         }
         let framing = if status == 204 || status == 304 {
             Framing::Length(0)
@@ -442,10 +452,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, HttpError> {
                 (None, Some(n)) => Framing::Length(n),
             }
         };
-        buf.advance(len);
         return Ok(Some(Head {
             status,
-            headers,
+            bytes: buf.split_to(len).freeze(),
             framing,
             keep_alive,
         }));
@@ -741,7 +750,18 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(matches!(h.framing, Framing::Length(5)) && h.keep_alive);
-        assert_eq!(h.headers["retry-after"], "7");
+        let r = Response {
+            status: h.status,
+            head: h.bytes,
+            body: Body {
+                conn: None,
+                framing: Framing::Done,
+                keep_alive: false,
+                pool: Arc::default(),
+            },
+        };
+        assert_eq!(r.header("Retry-After"), Some(&b"7"[..]));
+        assert_eq!(r.header("x-missing"), None);
         let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
             .unwrap()
             .unwrap();

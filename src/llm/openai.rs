@@ -127,9 +127,8 @@ impl OpenAiProvider {
     async fn status_error(&self, response: Response) -> LlmError {
         let status = response.status;
         let retry_after = response
-            .headers
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
+            .header(RETRY_AFTER.as_str())
+            .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let body = response
