@@ -790,6 +790,44 @@ mod tests {
         assert!(head(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")).is_err());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 300, ..Default::default() })]
+
+        /// Any body, cut into chunks of any sizes and fed in pieces split anywhere, decodes to
+        /// itself; nothing is left over.
+        #[test]
+        fn chunked_round_trip(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..2000),
+            sizes in proptest::collection::vec(1usize..300, 1..20),
+            cut in 0usize..4000,
+        ) {
+            let mut wire = Vec::new();
+            let mut rest = &body[..];
+            let mut i = 0;
+            while !rest.is_empty() {
+                let n = sizes[i % sizes.len()].min(rest.len());
+                wire.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                wire.extend_from_slice(&rest[..n]);
+                wire.extend_from_slice(b"\r\n");
+                rest = &rest[n..];
+                i += 1;
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            let (a, b) = wire.split_at(cut.min(wire.len()));
+            proptest::prop_assert_eq!(decode_all(&[a, b]).unwrap(), (body, true));
+        }
+
+        /// Arbitrary bytes never make the head parser or the chunked decoder panic.
+        #[test]
+        fn arbitrary_bytes_do_not_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = parse_head(&mut BytesMut::from(&bytes[..]));
+            let mut with_head = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
+            with_head.extend_from_slice(&bytes);
+            let _ = parse_head(&mut with_head);
+            let _ = decode_all(&[&bytes]);
+        }
+    }
+
     /// What the raw test server does with each request it reads on a connection.
     #[derive(Clone, Copy)]
     enum Step {
