@@ -304,8 +304,14 @@ impl Pool {
         let mut closed = Vec::new();
         {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            while let Some((_, since)) = idle.front() {
-                if idle.len() < MAX_IDLE && now.duration_since(*since) < IDLE_TIMEOUT {
+            // The oldest go first: past the cap, past their time, or closed by the upstream
+            // while they waited (checking one costs no syscall until its socket has news).
+            loop {
+                let full = idle.len() >= MAX_IDLE;
+                let Some((oldest, since)) = idle.front_mut() else {
+                    break;
+                };
+                if !full && now.duration_since(*since) < IDLE_TIMEOUT && oldest.is_usable() {
                     break;
                 }
                 closed.extend(idle.pop_front());
@@ -941,6 +947,35 @@ mod tests {
         assert_eq!(body_text(c.post(b"1").await.unwrap()).await, "ok");
         assert_eq!(body_text(c.post(b"2").await.unwrap()).await, "ok");
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_closed_by_the_upstream_leave_the_pool() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut conns = Vec::new();
+        let mut peers = Vec::new();
+        for _ in 0..3 {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            peers.push(listener.accept().await.unwrap().0);
+            conns.push(Conn {
+                io: TokioIo::new(MaybeHttpsStream::Http(TokioIo::new(tcp))),
+                buf: BytesMut::new(),
+            });
+        }
+        let pool = Pool::default();
+        let mut conns = conns.into_iter();
+        pool.checkin(conns.next().unwrap());
+        pool.checkin(conns.next().unwrap());
+        // The upstream closes the oldest idle connection; the next check-in notices.
+        drop(peers.remove(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        pool.checkin(conns.next().unwrap());
+        assert_eq!(pool.idle.lock().unwrap().len(), 2);
+        // The newest first, and both usable.
+        assert!(pool.checkout().is_some());
+        assert!(pool.checkout().is_some());
+        assert!(pool.checkout().is_none());
     }
 
     #[tokio::test]
