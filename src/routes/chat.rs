@@ -43,6 +43,7 @@ pub struct ChatResponse {
     pub response: String,
     pub conversation_id: String,
     pub tokens_used: u64,
+    #[serde(serialize_with = "crate::routes::rfc3339")]
     pub timestamp: DateTime<Utc>,
 }
 

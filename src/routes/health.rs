@@ -19,6 +19,7 @@ pub struct Health {
     pub provider: &'static str,
     /// Always `healthy`: the process answers.
     pub status: &'static str,
+    #[serde(serialize_with = "crate::routes::rfc3339")]
     pub timestamp: DateTime<Utc>,
     pub uptime_seconds: u64,
     pub version: &'static str,
