@@ -102,18 +102,30 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
+    /// A client that trusts the platform's certificate store.
     pub fn new(
         uri: &Uri,
         headers: &HeaderMap,
         proxy: &ProxySettings,
         connect_timeout: Duration,
     ) -> Result<Self, String> {
+        let tls = rustls::ClientConfig::with_platform_verifier()
+            .map_err(|e| format!("TLS set-up failed: {e}"))?;
+        Self::with_tls(uri, headers, proxy, connect_timeout, tls)
+    }
+
+    /// The same with a TLS configuration of one's own (the tests trust a certificate of theirs).
+    pub fn with_tls(
+        uri: &Uri,
+        headers: &HeaderMap,
+        proxy: &ProxySettings,
+        connect_timeout: Duration,
+        tls: rustls::ClientConfig,
+    ) -> Result<Self, String> {
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(connect_timeout));
-        let tls = rustls::ClientConfig::with_platform_verifier()
-            .map_err(|e| format!("TLS set-up failed: {e}"))?;
         let tls = || {
             HttpsConnectorBuilder::new()
                 .with_tls_config(tls.clone())
@@ -834,6 +846,104 @@ mod tests {
         }
     }
 
+    /// Reads one request: its head, then as many bytes as it says; false if the peer closed.
+    async fn read_request(socket: &mut (impl tokio::io::AsyncRead + Unpin)) -> bool {
+        let mut seen = Vec::new();
+        let mut bytes = [0u8; 1024];
+        loop {
+            let n = socket.read(&mut bytes).await.unwrap_or(0);
+            if n == 0 {
+                return false;
+            }
+            seen.extend_from_slice(&bytes[..n]);
+            let text = String::from_utf8_lossy(&seen);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text[..end]
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if seen.len() >= end + 4 + len {
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// An HTTPS upstream (a certificate of the test's own for `localhost`): both framings over
+    /// one kept TLS connection, as with OpenAI itself.
+    #[tokio::test]
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a test server, not the app's work"
+    )]
+    async fn https_upstream_over_one_kept_connection() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert = certified.cert.der().clone();
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+        let server = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let mut tls = acceptor.accept(tcp).await.unwrap();
+                    for answer in [
+                        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nsecret\r\n0\r\n\r\n",
+                        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nagain",
+                    ] {
+                        if !read_request(&mut tls).await {
+                            return;
+                        }
+                        tls.write_all(answer.as_bytes()).await.unwrap();
+                        tls.flush().await.unwrap();
+                    }
+                    let _ = tls.read(&mut [0u8; 16]).await;
+                });
+            }
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let uri: Uri = format!("https://localhost:{port}/v1/chat").parse().unwrap();
+        let c = HttpClient::with_tls(
+            &uri,
+            &HeaderMap::new(),
+            &ProxySettings::default(),
+            Duration::from_secs(2),
+            tls,
+        )
+        .unwrap();
+        assert_eq!(body_text(c.post(b"{}").await.unwrap()).await, "secret");
+        assert_eq!(body_text(c.post(b"{}").await.unwrap()).await, "again");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // A certificate nobody trusts is refused.
+        let untrusted = HttpClient::new(
+            &uri,
+            &HeaderMap::new(),
+            &ProxySettings::default(),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        assert!(matches!(
+            untrusted.post(b"{}").await,
+            Err(HttpError::Connect(_))
+        ));
+    }
+
     /// What the raw test server does with each request it reads on a connection.
     #[derive(Clone, Copy)]
     enum Step {
@@ -863,26 +973,8 @@ mod tests {
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
                     for step in steps {
-                        let mut seen = Vec::new();
-                        let mut bytes = [0u8; 1024];
-                        // Reads one request: its head, then as many bytes as it says.
-                        loop {
-                            let n = socket.read(&mut bytes).await.unwrap_or(0);
-                            if n == 0 {
-                                return;
-                            }
-                            seen.extend_from_slice(&bytes[..n]);
-                            let text = String::from_utf8_lossy(&seen);
-                            if let Some(end) = text.find("\r\n\r\n") {
-                                let len: usize = text[..end]
-                                    .lines()
-                                    .find_map(|l| l.strip_prefix("content-length: "))
-                                    .and_then(|v| v.parse().ok())
-                                    .unwrap_or(0);
-                                if seen.len() >= end + 4 + len {
-                                    break;
-                                }
-                            }
+                        if !read_request(&mut socket).await {
+                            return;
                         }
                         match step {
                             Step::Answer(a) => socket.write_all(a.as_bytes()).await.unwrap(),
