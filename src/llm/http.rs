@@ -292,16 +292,17 @@ struct Pool {
 }
 
 impl Pool {
+    /// The idle list, locked only to push or pop (a poisoned lock still holds whole entries).
+    fn idle(&self) -> std::sync::MutexGuard<'_, VecDeque<(Conn, Instant)>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn checkout(&self) -> Option<Conn> {
         loop {
-            let (mut conn, since) = self
-                .idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop_back()?;
+            let (mut conn, since) = self.idle().pop_back()?;
             if since.elapsed() >= IDLE_TIMEOUT {
-                // Everything under it waited longer still.
-                let old = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+                // Everything under it waited longer still; closed outside the lock.
+                let old = std::mem::take(&mut *self.idle());
                 drop(old);
                 return None;
             }
@@ -315,7 +316,7 @@ impl Pool {
         let now = Instant::now();
         let mut closed = Vec::new();
         {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let mut idle = self.idle();
             // The oldest go first: past the cap, past their time, or closed by the upstream
             // while they waited (checking one costs no syscall until its socket has news).
             loop {
