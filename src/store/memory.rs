@@ -31,6 +31,9 @@ pub struct MemoryConversationStore {
     /// Lock order: a ring, then a map shard; never the other way round.
     rings: Box<[Mutex<Ring>]>,
     next_ring: AtomicUsize,
+    /// How many conversations the map holds, kept beside it: `DashMap::len` takes every shard's
+    /// read lock (eight atomic updates on lines the other core writes), on every new conversation.
+    len: AtomicUsize,
     max_conversations: usize,
     max_messages: usize,
     ttl: Duration,
@@ -79,6 +82,7 @@ impl MemoryConversationStore {
             map: DashMap::new(),
             rings: (0..rings).map(|_| Mutex::new(Ring::new())).collect(),
             next_ring: AtomicUsize::new(0),
+            len: AtomicUsize::new(0),
             max_conversations,
             max_messages,
             ttl,
@@ -125,6 +129,7 @@ impl MemoryConversationStore {
                     .remove_if(&*slot.id, |_, s| Arc::ptr_eq(s, &slot) && s.idle())
                 {
                     Some(gone) => {
+                        self.len.fetch_sub(1, Ordering::Relaxed);
                         victims.push(gone);
                         n -= 1;
                     }
@@ -143,13 +148,13 @@ impl MemoryConversationStore {
     /// evicting as many as the store is over its bound.
     fn create(&self, owner: &str, id: &str) -> Result<Arc<Slot>, StoreError> {
         let ring = self.next_ring.fetch_add(1, Ordering::Relaxed) % self.rings.len();
-        let len = self.map.len();
+        let len = self.len.load(Ordering::Relaxed);
         // Creators racing here may leave the store a few over its bound for a moment (as many
         // as race); the next one evicts the excess. Only a store whose every conversation is in
         // a turn says no: a recount after evicting would count the racers too.
         if len >= self.max_conversations
             && self.evict(ring, len + 1 - self.max_conversations) == 0
-            && self.map.len() >= self.max_conversations
+            && self.len.load(Ordering::Relaxed) >= self.max_conversations
         {
             return Err(StoreError::Full(format!(
                 "the server holds its maximum of {} conversations, all in use",
@@ -175,7 +180,10 @@ impl MemoryConversationStore {
         // The shard's lock is released at the end of the match, before the ring's is taken.
         let slot = match self.map.entry(id) {
             Entry::Occupied(e) => return Ok(Arc::clone(e.get())),
-            Entry::Vacant(v) => Arc::clone(v.insert(fresh).value()),
+            Entry::Vacant(v) => {
+                self.len.fetch_add(1, Ordering::Relaxed);
+                Arc::clone(v.insert(fresh).value())
+            }
         };
         self.ring(ring).push_back(Arc::downgrade(&slot));
         Ok(slot)
@@ -206,7 +214,10 @@ impl MemoryConversationStore {
         // every request creating a conversation waited on its `len()`), and each slot is freed
         // outside it.
         for key in keys {
-            drop(self.map.remove_if(&key, |_, slot| expired(slot)));
+            if let Some(gone) = self.map.remove_if(&key, |_, slot| expired(slot)) {
+                self.len.fetch_sub(1, Ordering::Relaxed);
+                drop(gone);
+            }
         }
         // And the rings forget what is gone, one ring locked at a time.
         for i in 0..self.rings.len() {
@@ -332,12 +343,13 @@ impl ConversationStore for MemoryConversationStore {
         else {
             return Ok(false);
         };
+        self.len.fetch_sub(1, Ordering::Relaxed);
         self.unlink(&slot);
         Ok(true)
     }
 
     async fn count(&self) -> Result<usize, StoreError> {
-        Ok(self.map.len())
+        Ok(self.len.load(Ordering::Relaxed))
     }
 
     async fn sweep(&self) {
@@ -514,6 +526,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(30)).await;
         s.sweep().await;
         assert_eq!(s.count().await.unwrap(), 0);
+        assert_eq!(s.map.len(), 0);
         assert_eq!(s.ring(0).len(), 0);
     }
 
@@ -532,6 +545,7 @@ mod tests {
         assert_eq!(s.count().await.unwrap(), max);
         let in_rings: usize = (0..s.rings.len()).map(|i| s.ring(i).len()).sum();
         assert_eq!(in_rings, max);
+        assert_eq!(s.map.len(), max);
         // The newest survive.
         assert!(
             s.get("a", &format!("c{}", 3 * max - 1))
@@ -575,6 +589,7 @@ mod tests {
         assert!((2048..=2048 + 4).contains(&count), "{count}");
         let in_rings: usize = (0..s.rings.len()).map(|i| s.ring(i).len()).sum();
         assert_eq!(in_rings, count);
+        assert_eq!(s.map.len(), count);
         // The conversation in a turn all along was passed over every time.
         assert!(s.map.contains_key("busy"));
         drop(busy);
