@@ -3,6 +3,7 @@
 #
 #   bash bench/run.sh                  # chat profile + openai profile + open-loop, release build
 #   bash bench/run.sh --hold 1000      # also memory per 1,000 open streams (--hold 1000,10000: both)
+#   bash bench/run.sh --open-loop      # only the open-loop part (ROUNDS of 10 s at RATE requests/s: 5, 5000)
 #
 # It drives the team's shared harness (HARNESS, default ../shared/bench: a mock OpenAI upstream,
 # oha and sse-load), which measures agent-api against the direct upstream in the same run, and
@@ -16,10 +17,13 @@ HARNESS="${HARNESS:-$root/../shared/bench}"
 command -v oha >/dev/null || { echo "bench: needs oha: cargo install oha --version 1.16.0 --locked" >&2; exit 2; }
 PORT="${PORT:-18000}"
 RATE="${RATE:-5000}"
+ROUNDS="${ROUNDS:-5}"
 HOLD=""
+ONLY_OPEN_LOOP=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --hold) HOLD="$2"; shift ;;
+    --open-loop) ONLY_OPEN_LOOP=1 ;;
     *) echo "bench: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -32,47 +36,51 @@ server_env="HOST=127.0.0.1 PORT=$PORT API_KEYS=bench=$KEY RATE_LIMIT_PER_MINUTE=
 cmd="$server_env exec $bin"
 target="http://127.0.0.1:$PORT"
 
-echo "## chat profile (/chat, /chat/stream, /health)"
-bash "$HARNESS/run.sh" --target "$target" --label agent-api --server-cmd "$cmd" -H "X-API-Key: $KEY"
-echo
-echo "## openai profile (/v1/chat/completions)"
-bash "$HARNESS/run.sh" --profile openai --target "$target" --label agent-api --server-cmd "$cmd" -H "Authorization: Bearer $KEY"
+if [ -z "$ONLY_OPEN_LOOP" ]; then
+  echo "## chat profile (/chat, /chat/stream, /health)"
+  bash "$HARNESS/run.sh" --target "$target" --label agent-api --server-cmd "$cmd" -H "X-API-Key: $KEY"
+  echo
+  echo "## openai profile (/v1/chat/completions)"
+  bash "$HARNESS/run.sh" --profile openai --target "$target" --label agent-api --server-cmd "$cmd" -H "Authorization: Bearer $KEY"
 
-if [ -n "$HOLD" ]; then
-  for k in ${HOLD//,/ }; do
-    echo
-    echo "## memory with $k open streams through /chat/stream (openai provider: each also holds an upstream connection)"
-    bash "$HARNESS/run.sh" --target "$target" --label agent-api --server-cmd "ulimit -n 65536 2>/dev/null; $cmd" \
-      -H "X-API-Key: $KEY" --scenarios none --hold "$k"
-    echo
-    echo "## memory with $k open streams, echo provider (the server's own share: no upstream connection)"
-    # '[slow]' makes the echo provider hold its first token for a minute, so the stream stays open.
-    bash "$HARNESS/run.sh" --target "$target" --label agent-api \
-      --server-cmd "ulimit -n 65536 2>/dev/null; LLM_PROVIDER=echo $cmd" \
-      -H "X-API-Key: $KEY" --stream-body '{"message":"[slow] hold"}' --scenarios none --hold "$k"
-  done
-fi
+  if [ -n "$HOLD" ]; then
+    for k in ${HOLD//,/ }; do
+      echo
+      echo "## memory with $k open streams through /chat/stream (openai provider: each also holds an upstream connection)"
+      bash "$HARNESS/run.sh" --target "$target" --label agent-api --server-cmd "ulimit -n 65536 2>/dev/null; $cmd" \
+        -H "X-API-Key: $KEY" --scenarios none --hold "$k"
+      echo
+      echo "## memory with $k open streams, echo provider (the server's own share: no upstream connection)"
+      # '[slow]' makes the echo provider hold its first token for a minute, so the stream stays open.
+      bash "$HARNESS/run.sh" --target "$target" --label agent-api \
+        --server-cmd "ulimit -n 65536 2>/dev/null; LLM_PROVIDER=echo $cmd" \
+        -H "X-API-Key: $KEY" --stream-body '{"message":"[slow] hold"}' --scenarios none --hold "$k"
+    done
+  fi
 
-echo
-echo "## memory with 1000 open WebSockets (bench/ws_hold.py; needs python's websockets package)"
-PY="${BENCH_PYTHON:-python3}"
-if "$PY" -c "import websockets" 2>/dev/null; then
-  env $server_env PORT=$((PORT + 1)) ECHO_DELAY_MS=0 "$bin" > /dev/null 2>&1 &
-  ws_server=$!
-  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$((PORT + 1))/health" >/dev/null && break; sleep 0.1; done
-  "$PY" "$root/bench/ws_hold.py" --url "ws://127.0.0.1:$((PORT + 1))" --pid "$ws_server" --count 1000 --key "$KEY" || true
-  kill "$ws_server" 2>/dev/null || true
-else
-  echo "skipped: pip install websockets (or set BENCH_PYTHON to a python that has it)"
-fi
+  echo
+  echo "## memory with 1000 open WebSockets (bench/ws_hold.py; needs python's websockets package)"
+  PY="${BENCH_PYTHON:-python3}"
+  if "$PY" -c "import websockets" 2>/dev/null; then
+    env $server_env PORT=$((PORT + 1)) ECHO_DELAY_MS=0 "$bin" > /dev/null 2>&1 &
+    ws_server=$!
+    for _ in $(seq 50); do curl -sf "http://127.0.0.1:$((PORT + 1))/health" >/dev/null && break; sleep 0.1; done
+    "$PY" "$root/bench/ws_hold.py" --url "ws://127.0.0.1:$((PORT + 1))" --pid "$ws_server" --count 1000 --key "$KEY" || true
+    kill "$ws_server" 2>/dev/null || true
+  else
+    echo "skipped: pip install websockets (or set BENCH_PYTHON to a python that has it)"
+  fi
 
-echo
-echo "## open loop: $RATE requests/s for 10 s, POST /chat vs the mock directly"
-mock_bin="${MOCK_BIN:-$HOME/.cache/agent-api-bench/mock-openai/release/mock-openai}"
-[ -x "$mock_bin" ] || cargo build --release --quiet --manifest-path "$HARNESS/mock-openai/Cargo.toml" \
-  --target-dir "$HOME/.cache/agent-api-bench/mock-openai"
-if curl -sf http://127.0.0.1:18081/health > /dev/null; then
-  echo "bench: port 18081 is taken; stop what listens there" >&2; exit 1
+  fi
+
+  echo
+  echo "## open loop: $RATE requests/s, $ROUNDS rounds of 10 s each against the mock directly, POST /chat and /v1"
+  echo "(rounds alternate the order; 'added' is the server's percentile minus the direct one of the same round)"
+  mock_bin="${MOCK_BIN:-$HOME/.cache/agent-api-bench/mock-openai/release/mock-openai}"
+  [ -x "$mock_bin" ] || cargo build --release --quiet --manifest-path "$HARNESS/mock-openai/Cargo.toml" \
+    --target-dir "$HOME/.cache/agent-api-bench/mock-openai"
+  if curl -sf http://127.0.0.1:18081/health > /dev/null; then
+    echo "bench: port 18081 is taken; stop what listens there" >&2; exit 1
 fi
 "$mock_bin" --port 18081 > /dev/null &
 mock=$!
@@ -80,9 +88,36 @@ env $server_env OPENAI_BASE_URL=http://127.0.0.1:18081/v1 OPENAI_API_KEY=dummy "
 server=$!
 trap 'kill $server $mock 2>/dev/null || true' EXIT
 for _ in $(seq 50); do curl -sf "$target/health" >/dev/null && break; sleep 0.1; done
+out="$(mktemp -d)"
 body='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello, how are you?"}]}'
-run_oha() { oha --no-tui --output-format json -z 10s -q "$RATE" -c 256 -m POST -H 'content-type: application/json' "$@"; }
-p() { python3 -c 'import json,sys; d=json.load(sys.stdin); l=d["latencyPercentiles"]; s=d["summary"]; print("%s rps=%.0f p50=%.3fms p99=%.3fms success=%.4f" % (sys.argv[1], s["requestsPerSec"], l["p50"]*1000, l["p99"]*1000, s["successRate"]))' "$1"; }
-run_oha -d "$body" http://127.0.0.1:18081/v1/chat/completions | p "direct   "
-run_oha -d '{"message":"Hello, how are you?"}' -H "X-API-Key: $KEY" "$target/chat" | p "agent-api /chat"
-run_oha -d "$body" -H "Authorization: Bearer $KEY" "$target/v1/chat/completions" | p "agent-api /v1"
+run_oha() { oha --no-tui --output-format json -z "$1" -q "$RATE" -c 256 -m POST -H 'content-type: application/json' "${@:2}"; }
+direct() { run_oha "$1" -d "$body" http://127.0.0.1:18081/v1/chat/completions; }
+chat() { run_oha "$1" -d '{"message":"Hello, how are you?"}' -H "X-API-Key: $KEY" "$target/chat"; }
+v1() { run_oha "$1" -d "$body" -H "Authorization: Bearer $KEY" "$target/v1/chat/completions"; }
+# Warm-up (not counted): connections, the upstream pool, and a full conversation store.
+chat 3s > /dev/null; v1 2s > /dev/null
+for r in $(seq "$ROUNDS"); do
+  order="direct chat v1"; [ $((r % 2)) = 0 ] && order="v1 chat direct"
+  for k in $order; do "$k" 10s > "$out/$k.$r.json"; done
+done
+python3 - "$out" "$ROUNDS" <<'PY'
+import json, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+def load(k, r):
+    d = json.load(open(f"{out}/{k}.{r}.json"))
+    l, s = d["latencyPercentiles"], d["summary"]
+    return {"rps": s["requestsPerSec"], "ok": s["successRate"], "p50": l["p50"] * 1e3, "p99": l["p99"] * 1e3}
+print("| round | direct p50 / p99 ms | /chat p50 / p99 | /v1 p50 / p99 | added p99 /chat | added p99 /v1 |")
+print("| --- | --- | --- | --- | --- | --- |")
+added = {"chat": [], "v1": []}
+for r in range(1, rounds + 1):
+    d, c, v = load("direct", r), load("chat", r), load("v1", r)
+    for k, x in (("chat", c), ("v1", v)):
+        added[k].append(x["p99"] - d["p99"])
+        if x["ok"] < 1 or x["rps"] < 0.99 * d["rps"]:
+            print(f"round {r}: {k} fell short: {x['rps']:.0f} rps, success {x['ok']:.4f}")
+    print(f"| {r} | {d['p50']:.2f} / {d['p99']:.2f} | {c['p50']:.2f} / {c['p99']:.2f} | {v['p50']:.2f} / {v['p99']:.2f} "
+          f"| {added['chat'][-1]:+.2f} | {added['v1'][-1]:+.2f} |")
+print(f"| median | | | | {statistics.median(added['chat']):+.2f} | {statistics.median(added['v1']):+.2f} |")
+PY
+rm -rf "$out"
