@@ -144,9 +144,11 @@ impl MemoryConversationStore {
         evicted
     }
 
-    /// A new conversation (or the one a concurrent request just made under the same id), after
-    /// evicting as many as the store is over its bound.
-    fn create(&self, owner: &str, id: &str) -> Result<Arc<Slot>, StoreError> {
+    /// A new conversation, after evicting as many as the store is over its bound, with its turn
+    /// already held: between its insertion and a lock taken afterwards, a racing eviction would
+    /// see it idle and drop it. (Or the one a concurrent request just made under the same id,
+    /// whose turn is that request's: `None`.)
+    fn create(&self, owner: &str, id: &str) -> Result<(Arc<Slot>, Option<TurnGuard>), StoreError> {
         let ring = self.next_ring.fetch_add(1, Ordering::Relaxed) % self.rings.len();
         let len = self.len.load(Ordering::Relaxed);
         // Creators racing here may leave the store a few over its bound for a moment (as many
@@ -163,12 +165,15 @@ impl MemoryConversationStore {
         }
         let id: Arc<str> = Arc::from(id);
         let now = Utc::now();
+        let turn = Arc::new(tokio::sync::Mutex::new(()));
+        // A mutex nobody else has seen: always free.
+        let guard = Arc::clone(&turn).try_lock_owned().ok();
         let fresh = Arc::new(Slot {
             id: Arc::clone(&id),
             owner: owner.to_owned(),
             ring,
             referenced: AtomicBool::new(false),
-            turn: Arc::new(tokio::sync::Mutex::new(())),
+            turn,
             data: Mutex::new(Data {
                 messages: Vec::new(),
                 created_at: now,
@@ -179,14 +184,14 @@ impl MemoryConversationStore {
         });
         // The shard's lock is released at the end of the match, before the ring's is taken.
         let slot = match self.map.entry(id) {
-            Entry::Occupied(e) => return Ok(Arc::clone(e.get())),
+            Entry::Occupied(e) => return Ok((Arc::clone(e.get()), None)),
             Entry::Vacant(v) => {
                 self.len.fetch_add(1, Ordering::Relaxed);
                 Arc::clone(v.insert(fresh).value())
             }
         };
         self.ring(ring).push_back(Arc::downgrade(&slot));
-        Ok(slot)
+        Ok((slot, guard))
     }
 
     /// Takes a removed conversation out of its ring (a scan of one ring: for `DELETE`).
@@ -226,9 +231,11 @@ impl MemoryConversationStore {
     }
 }
 
+type TurnGuard = tokio::sync::OwnedMutexGuard<()>;
+
 struct MemoryTurn {
     slot: Arc<Slot>,
-    _guard: tokio::sync::OwnedMutexGuard<()>,
+    _guard: TurnGuard,
     history: Vec<Message>,
     max_messages: usize,
 }
@@ -269,20 +276,31 @@ impl ConversationStore for MemoryConversationStore {
         owner: &str,
         id: &str,
     ) -> Result<Option<Box<dyn TurnLease>>, StoreError> {
-        let existing = self.map.get(id).map(|s| Arc::clone(s.value()));
-        let slot = match existing {
-            Some(slot) => {
-                if !slot.referenced.load(Ordering::Relaxed) {
-                    slot.referenced.store(true, Ordering::Relaxed);
+        let (slot, guard) = loop {
+            let existing = self.map.get(id).map(|s| Arc::clone(s.value()));
+            let (slot, held) = match existing {
+                Some(slot) => {
+                    if !slot.referenced.load(Ordering::Relaxed) {
+                        slot.referenced.store(true, Ordering::Relaxed);
+                    }
+                    (slot, None)
                 }
-                slot
+                None => self.create(owner, id)?,
+            };
+            if slot.owner != owner {
+                return Ok(None);
             }
-            None => self.create(owner, id)?,
+            let guard = match held {
+                Some(guard) => guard,
+                None => Arc::clone(&slot.turn).lock_owned().await,
+            };
+            // Evicted or deleted while this turn waited for it, the conversation is gone, and
+            // the turn would be committed to nothing: look the id up again (gone, it starts a
+            // new conversation, as it would have a moment later).
+            if self.holds(&slot) {
+                break (slot, guard);
+            }
         };
-        if slot.owner != owner {
-            return Ok(None);
-        }
-        let guard = Arc::clone(&slot.turn).lock_owned().await;
         let history = {
             let mut data = slot.data();
             data.last_used = Instant::now();
@@ -593,6 +611,56 @@ mod tests {
         // The conversation in a turn all along was passed over every time.
         assert!(s.map.contains_key("busy"));
         drop(busy);
+    }
+
+    #[tokio::test]
+    async fn a_turn_that_waited_on_a_conversation_deleted_meanwhile_starts_it_anew() {
+        let s = Arc::new(MemoryConversationStore::new(
+            10,
+            10,
+            Duration::from_secs(60),
+        ));
+        let t = s.begin_turn("a", "c").await.unwrap().unwrap();
+        t.commit(msgs(2)).await.unwrap();
+        let running = s.begin_turn("a", "c").await.unwrap().unwrap();
+        let waiter = {
+            let s = Arc::clone(&s);
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "the waiting turn runs beside the test"
+            )]
+            tokio::spawn(async move {
+                let t = s.begin_turn("a", "c").await.unwrap().unwrap();
+                let before = t.history().len();
+                t.commit(vec![Message::new("user", "after")]).await.unwrap();
+                before
+            })
+        };
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(s.delete("a", "c").await.unwrap());
+        drop(running);
+        // The waiting turn did not commit into the deleted conversation: it made a new one.
+        assert_eq!(waiter.await.unwrap(), 0);
+        let now = s.get("a", "c").await.unwrap().unwrap();
+        assert_eq!(now.messages.len(), 1);
+        assert_eq!(now.messages[0].content, "after");
+        assert_eq!(s.count().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_new_conversation_is_born_in_its_turn_so_no_eviction_takes_it_first() {
+        let s = MemoryConversationStore::new(1, 10, Duration::from_secs(60));
+        let (slot, held) = s.create("a", "one").unwrap();
+        // In the map and in its ring, and already busy: a creator racing in now finds nothing
+        // to evict, instead of dropping it before its first turn runs.
+        assert!(held.is_some() && !slot.idle() && s.holds(&slot));
+        assert_eq!(s.evict(0, 1), 0);
+        assert!(matches!(s.create("a", "two"), Err(StoreError::Full(_))));
+        drop(held);
+        assert!(s.create("a", "two").is_ok());
+        assert!(!s.holds(&slot));
     }
 
     #[tokio::test]
