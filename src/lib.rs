@@ -54,6 +54,14 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// Raises this process's soft limit on open files to its hard limit, and returns the limit.
+/// Each stream open through the openai provider holds two descriptors (the client's socket and
+/// the upstream's), and many systems start a process at a soft limit of 1,024 under a far
+/// higher hard one: about 500 streams. Go's runtime does the same at start-up.
+pub fn raise_open_file_limit() -> std::io::Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX)
+}
+
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests and streams
 /// finish within `SHUTDOWN_GRACE_SECS` (WebSockets are closed with 1001 at once), and waits
 /// for background tasks to end.
@@ -134,5 +142,25 @@ async fn serve_connection(
     };
     if let Err(e) = result {
         tracing::trace!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rlimit::Resource;
+
+    #[test]
+    fn the_open_file_limit_is_raised_to_the_hard_limit() {
+        let (_, hard) = Resource::NOFILE.get().unwrap();
+        // One below the hard limit (harmless to the other tests in this process), then raised.
+        if hard != rlimit::INFINITY && hard > 1024 {
+            Resource::NOFILE.set(hard - 1, hard).unwrap();
+            assert_eq!(Resource::NOFILE.get().unwrap().0, hard - 1);
+        }
+        let limit = super::raise_open_file_limit().unwrap();
+        assert_eq!(Resource::NOFILE.get().unwrap().0, limit);
+        if hard != rlimit::INFINITY {
+            assert_eq!(limit, hard);
+        }
     }
 }

@@ -34,6 +34,10 @@ async fn main() -> std::process::ExitCode {
         }
     };
     log_start(&state);
+    match agent_api::raise_open_file_limit() {
+        Ok(limit) => tracing::info!(limit, "open-file limit (an upstream stream holds two)"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     let listener = match agent_api::bind(addr) {
         Ok(l) => l,
         Err(e) => {
