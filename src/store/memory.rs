@@ -478,6 +478,14 @@ mod tests {
         v
     }
 
+    /// One committed turn on each of the conversations `c{i}`, `i` in `ids`.
+    async fn turns(s: &MemoryConversationStore, ids: std::ops::Range<usize>) {
+        for i in ids {
+            let t = s.begin_turn("a", &format!("c{i}")).await.unwrap().unwrap();
+            t.commit(msgs(2)).await.unwrap();
+        }
+    }
+
     #[test]
     fn trim_keeps_system_and_pairs() {
         let mut m = msgs(6);
@@ -506,27 +514,17 @@ mod tests {
     #[tokio::test]
     async fn a_full_store_evicts_the_oldest_but_gives_the_used_a_second_chance() {
         let s = MemoryConversationStore::new(8, 10, Duration::from_secs(60));
-        for i in 0..8 {
-            let t = s.begin_turn("a", &format!("c{i}")).await.unwrap().unwrap();
-            t.commit(msgs(2)).await.unwrap();
-        }
+        turns(&s, 0..8).await;
         // c0 is used again, so c1 and c2 are the first to go.
-        let t = s.begin_turn("a", "c0").await.unwrap().unwrap();
-        t.commit(msgs(2)).await.unwrap();
-        for i in 8..10 {
-            let t = s.begin_turn("a", &format!("c{i}")).await.unwrap().unwrap();
-            t.commit(msgs(2)).await.unwrap();
-        }
+        turns(&s, 0..1).await;
+        turns(&s, 8..10).await;
         assert_eq!(s.count().await.unwrap(), 8);
         assert!(s.get("a", "c1").await.unwrap().is_none());
         assert!(s.get("a", "c2").await.unwrap().is_none());
         assert!(s.get("a", "c0").await.unwrap().is_some());
         assert!(s.get("a", "c3").await.unwrap().is_some());
         // c0's second chance is spent: unused since, it is the next to go after c3..c7.
-        for i in 10..16 {
-            let t = s.begin_turn("a", &format!("c{i}")).await.unwrap().unwrap();
-            t.commit(msgs(2)).await.unwrap();
-        }
+        turns(&s, 10..16).await;
         assert!(s.get("a", "c0").await.unwrap().is_none());
         assert!(s.get("a", "c8").await.unwrap().is_some());
         assert_eq!(s.count().await.unwrap(), 8);
@@ -535,10 +533,7 @@ mod tests {
     #[tokio::test]
     async fn deleted_and_expired_conversations_leave_the_rings() {
         let s = MemoryConversationStore::new(4, 10, Duration::from_millis(20));
-        for i in 0..3 {
-            let t = s.begin_turn("a", &format!("c{i}")).await.unwrap().unwrap();
-            t.commit(msgs(2)).await.unwrap();
-        }
+        turns(&s, 0..3).await;
         assert!(s.delete("a", "c1").await.unwrap());
         assert_eq!(s.ring(0).len(), 2);
         tokio::time::sleep(Duration::from_millis(30)).await;
