@@ -287,6 +287,91 @@ async fn concurrent_turns_on_one_conversation_are_serialized() {
 }
 
 #[tokio::test]
+async fn a_full_store_is_503_while_all_are_busy_and_then_evicts_the_oldest_idle() {
+    let app = TestApp::echo(|c| {
+        c.max_conversations = 2;
+        c.upstream_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let chat = |id: &str| json!({"message": "hi", "conversation_id": id});
+    let count = || async { app.get("/health").await.1["active_conversations"].clone() };
+    // Until `done` holds, at most ~4 s.
+    async fn eventually(mut done: impl AsyncFnMut() -> bool) -> bool {
+        for _ in 0..200 {
+            if done().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    // Two turns that hold their conversations (the echo provider's [slow] waits a minute), one
+    // after the other: a conversation exists, in its turn, as soon as its turn has begun.
+    let mut slow = Vec::new();
+    for (id, n) in [("s1", 1), ("s2", 2)] {
+        let req = app
+            .client
+            .post(format!("{}/chat", app.url))
+            .json(&json!({"message": "[slow] hold", "conversation_id": id}));
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the held turns run beside the test"
+        )]
+        slow.push(tokio::spawn(req.send()));
+        assert!(eventually(async || count().await == n).await);
+    }
+    // Every conversation is busy: a new one is refused at once, not queued.
+    let refused = app
+        .client
+        .post(format!("{}/chat", app.url))
+        .json(&chat("c0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["detail"].as_str().unwrap().contains("maximum of 2"),
+        "{body}"
+    );
+    // The clients leave: their turns are cancelled, and their conversations can go.
+    for s in slow {
+        s.abort();
+    }
+    assert!(eventually(async || app.post("/chat", chat("c0")).await.0 == 200).await);
+
+    // Oldest first: s2 and c0 go; c1, used again, gets a second chance, so c2 goes instead.
+    for id in ["c1", "c2", "c1", "c3"] {
+        let (status, body) = app.post("/chat", chat(id)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    for (id, status) in [
+        ("s1", 404),
+        ("s2", 404),
+        ("c0", 404),
+        ("c2", 404),
+        ("c1", 200),
+        ("c3", 200),
+    ] {
+        assert_eq!(
+            app.get(&format!("/conversation/{id}")).await.0,
+            status,
+            "{id}"
+        );
+    }
+    assert_eq!(
+        app.get("/conversation/c1").await.1["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    assert_eq!(count().await, 2);
+}
+
+#[tokio::test]
 async fn body_over_the_limit_is_413_json() {
     let app = TestApp::echo(|c| c.max_body_bytes = 1024).await;
     let big = json!({"message": "x".repeat(4096)}).to_string();
