@@ -57,7 +57,10 @@ pub enum ModelCallErrors {
     RateLimited(DetailError),
     #[response(status = 502, description = "The upstream failed or answered garbage")]
     Upstream(DetailError),
-    #[response(status = 503, description = "Overloaded, or the store is unavailable")]
+    #[response(
+        status = 503,
+        description = "Overloaded, or the store full (every conversation in a turn) or unavailable"
+    )]
     Unavailable(DetailError),
     #[response(status = 504, description = "The upstream did not answer in time")]
     Timeout(DetailError),
