@@ -240,7 +240,7 @@ impl HttpClient {
 }
 
 /// An error with its causes, `a: b: c` (connectors' own texts alone say little).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
+fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

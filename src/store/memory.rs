@@ -100,6 +100,14 @@ impl MemoryConversationStore {
             .is_some_and(|e| Arc::ptr_eq(e.value(), slot))
     }
 
+    /// Removes `id`'s conversation if `still` holds for it under its shard's lock, keeping the
+    /// count in step: every removal (eviction, expiry, `DELETE`) goes through here.
+    fn remove_if(&self, id: &str, still: impl FnOnce(&Arc<Slot>) -> bool) -> Option<Arc<Slot>> {
+        let (_, slot) = self.map.remove_if(id, |_, slot| still(slot))?;
+        self.len.fetch_sub(1, Ordering::Relaxed);
+        Some(slot)
+    }
+
     /// Evicts up to `n` idle conversations, starting with ring `first`; returns how many went.
     ///
     /// CLOCK: take the oldest slot of the ring; one in a turn, or used again since it was last
@@ -124,12 +132,8 @@ impl MemoryConversationStore {
                     ring.push_back(weak);
                     continue;
                 }
-                match self
-                    .map
-                    .remove_if(&*slot.id, |_, s| Arc::ptr_eq(s, &slot) && s.idle())
-                {
+                match self.remove_if(&slot.id, |s| Arc::ptr_eq(s, &slot) && s.idle()) {
                     Some(gone) => {
-                        self.len.fetch_sub(1, Ordering::Relaxed);
                         victims.push(gone);
                         n -= 1;
                     }
@@ -215,14 +219,10 @@ impl MemoryConversationStore {
             .filter(|e| expired(e.value()))
             .map(|e| Arc::clone(e.key()))
             .collect();
-        // One short write lock per key (`retain` held each shard's for its whole pass, while
-        // every request creating a conversation waited on its `len()`), and each slot is freed
-        // outside it.
+        // One short write lock per key (`retain` would hold each shard's for its whole pass,
+        // and requests for its conversations would wait behind it); each slot is freed outside.
         for key in keys {
-            if let Some(gone) = self.map.remove_if(&key, |_, slot| expired(slot)) {
-                self.len.fetch_sub(1, Ordering::Relaxed);
-                drop(gone);
-            }
+            drop(self.remove_if(&key, |slot| expired(slot)));
         }
         // And the rings forget what is gone, one ring locked at a time.
         for i in 0..self.rings.len() {
@@ -290,10 +290,12 @@ impl ConversationStore for MemoryConversationStore {
             if slot.owner != owner {
                 return Ok(None);
             }
-            let guard = match held {
-                Some(guard) => guard,
-                None => Arc::clone(&slot.turn).lock_owned().await,
-            };
+            // A conversation made here is born in this turn: nothing can have taken it (a busy
+            // one is never evicted, an uncommitted one never deleted).
+            if let Some(guard) = held {
+                break (slot, guard);
+            }
+            let guard = Arc::clone(&slot.turn).lock_owned().await;
             // Evicted or deleted while this turn waited for it, the conversation is gone, and
             // the turn would be committed to nothing: look the id up again (gone, it starts a
             // new conversation, as it would have a moment later).
@@ -355,13 +357,10 @@ impl ConversationStore for MemoryConversationStore {
     }
 
     async fn delete(&self, owner: &str, id: &str) -> Result<bool, StoreError> {
-        let Some((_, slot)) = self
-            .map
-            .remove_if(id, |_, slot| slot.owner == owner && slot.data().committed)
+        let Some(slot) = self.remove_if(id, |slot| slot.owner == owner && slot.data().committed)
         else {
             return Ok(false);
         };
-        self.len.fetch_sub(1, Ordering::Relaxed);
         self.unlink(&slot);
         Ok(true)
     }
