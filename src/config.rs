@@ -78,7 +78,8 @@ pub struct ConfigError {
 /// | `LLM_PROVIDER` | `openai` if `OPENAI_API_KEY` or `OPENAI_BASE_URL` is set, else `echo` |
 /// | `OPENAI_API_KEY` / `OPENAI_BASE_URL` | unset / `https://api.openai.com/v1` |
 /// | `CHAT_MODEL` / `TASK_MODEL` | `gpt-4o-mini` / `gpt-4o` |
-/// | `MODELS` | the chat and task models (comma-separated; what `/v1/models` lists) |
+/// | `MODELS` | the chat and task models (comma-separated; the models a request may name, and what `/v1/models` lists; `*` for any) |
+/// | `MAX_OUTPUT_TOKENS` / `PASSTHROUGH_FIELDS` / `MAX_HISTORY_TOKENS` | `4000` / unset / `100000` |
 /// | `UPSTREAM_TIMEOUT_SECS` | `60` |
 /// | `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` / `NO_PROXY` (or lower case) | unset (upstream reached directly) |
 /// | `API_KEYS` / `API_KEYS_FILE` | unset |
@@ -88,13 +89,14 @@ pub struct ConfigError {
 /// | `TRUSTED_PROXIES` | unset |
 /// | `STORE` / `STORE_PREFIX` / `TASK_LEASE_SECS` | `memory` / `agent-api:` / `15` |
 /// | `MAX_BODY_BYTES` | `1048576` |
-/// | `MAX_IN_FLIGHT` | `1024` |
+/// | `MAX_IN_FLIGHT` / `BODY_TIMEOUT_SECS` | `1024` / `10` |
 /// | `REQUEST_TIMEOUT_SECS` | `120` (non-streaming requests) |
 /// | `SHUTDOWN_GRACE_SECS` | `30` |
 /// | `MAX_CONVERSATIONS` / `MAX_MESSAGES_PER_CONVERSATION` / `CONVERSATION_TTL_SECS` | `10000` / `200` / `86400` |
+/// | `MAX_CONVERSATIONS_PER_KEY` / `MAX_TASKS_PER_KEY` / `MAX_STREAMS_PER_KEY` / `MAX_STORE_MIB` | `1000` / `100` / `64` / `512` |
 /// | `TASK_CONCURRENCY` / `TASK_QUEUE_SIZE` / `TASK_TIMEOUT_SECS` / `TASK_TTL_SECS` / `MAX_TASKS` | `4` / `100` / `300` / `3600` / `10000` |
 /// | `SSE_KEEPALIVE_SECS` | `15` |
-/// | `WS_PING_SECS` / `WS_IDLE_TIMEOUT_SECS` / `WS_MAX_MESSAGE_BYTES` | `20` / `300` / `65536` |
+/// | `WS_PING_SECS` / `WS_IDLE_TIMEOUT_SECS` / `WS_MAX_MESSAGE_BYTES` / `WS_MAX_FRAMES_PER_MINUTE` | `20` / `300` / `65536` / `600` |
 /// | `CORS_ORIGINS` | unset (no cross-origin access) |
 /// | `ECHO_DELAY_MS` | `15` (pause between the echo provider's chunks) |
 /// | `RUST_LOG` / `LOG_FORMAT` | `info` / `pretty` |
@@ -106,7 +108,16 @@ pub struct Config {
     pub openai_base_url: String,
     pub chat_model: String,
     pub task_model: String,
+    /// `MODELS`: the models a request may name (and `/v1/models` lists).
     pub models: Vec<String>,
+    /// `MODELS` contains `*`: a request may name any model.
+    pub any_model: bool,
+    /// `MAX_OUTPUT_TOKENS`: the most output tokens a request may ask for.
+    pub max_output_tokens: u32,
+    /// `PASSTHROUGH_FIELDS`: top-level `/v1` fields forwarded besides OpenAI's own.
+    pub passthrough_fields: Vec<String>,
+    /// `MAX_HISTORY_TOKENS`: the estimated tokens of history sent upstream.
+    pub max_history_tokens: usize,
     pub upstream_timeout: Duration,
     /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY` (or lower case), for upstream calls.
     pub upstream_proxy: ProxySettings,
@@ -121,9 +132,16 @@ pub struct Config {
     pub task_lease: Duration,
     pub max_body_bytes: usize,
     pub max_in_flight: usize,
+    /// `BODY_TIMEOUT_SECS`: a request body must arrive in full within this long (else 408).
+    pub body_timeout: Duration,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
     pub max_conversations: usize,
+    pub max_conversations_per_key: usize,
+    pub max_tasks_per_key: usize,
+    pub max_streams_per_key: usize,
+    /// `MAX_STORE_MIB`, in bytes: the memory store's bound on what it holds.
+    pub max_store_bytes: usize,
     pub max_messages_per_conversation: usize,
     pub conversation_ttl: Duration,
     pub task_concurrency: usize,
@@ -135,6 +153,8 @@ pub struct Config {
     pub ws_ping: Duration,
     pub ws_idle_timeout: Duration,
     pub ws_max_message_bytes: usize,
+    /// `WS_MAX_FRAMES_PER_MINUTE`: frames that do not call the model, per socket.
+    pub ws_max_frames_per_minute: u32,
     pub cors_origins: Vec<String>,
     pub echo_delay: Duration,
     pub log_format: LogFormat,
@@ -203,11 +223,32 @@ impl Config {
         }
         let chat_model = get("CHAT_MODEL").unwrap_or_else(|| "gpt-4o-mini".into());
         let task_model = get("TASK_MODEL").unwrap_or_else(|| "gpt-4o".into());
-        let models = match get("MODELS") {
+        let mut models = match get("MODELS") {
             Some(list) => split_list(&list),
-            None if chat_model == task_model => vec![chat_model.clone()],
             None => vec![chat_model.clone(), task_model.clone()],
         };
+        let any_model = models.iter().any(|m| m == "*");
+        if any_model {
+            models.retain(|m| m != "*");
+            for m in [&chat_model, &task_model] {
+                if !models.contains(m) {
+                    models.push(m.clone());
+                }
+            }
+        }
+        models.dedup();
+        if !any_model {
+            for (var, m) in [("CHAT_MODEL", &chat_model), ("TASK_MODEL", &task_model)] {
+                if !models.contains(m) {
+                    return Err(ConfigError {
+                        var: "MODELS",
+                        reason: format!("does not list {var}={m} (add it, or `*` for any model)"),
+                    });
+                }
+            }
+        }
+        let max_output_tokens: u32 = parse(&get, "MAX_OUTPUT_TOKENS", Some(4000))?;
+        positive("MAX_OUTPUT_TOKENS", max_output_tokens.into())?;
 
         let mut api_keys = match get("API_KEYS") {
             Some(list) => parse_api_keys(&split_list(&list), "API_KEYS")?,
@@ -292,6 +333,12 @@ impl Config {
             chat_model,
             task_model,
             models,
+            any_model,
+            max_output_tokens,
+            passthrough_fields: get("PASSTHROUGH_FIELDS")
+                .map(|l| split_list(&l))
+                .unwrap_or_default(),
+            max_history_tokens: count(&get, "MAX_HISTORY_TOKENS", 100_000)?,
             upstream_timeout: secs(&get, "UPSTREAM_TIMEOUT_SECS", 60)?,
             upstream_proxy: ProxySettings {
                 all: get("ALL_PROXY").or_else(|| get("all_proxy")),
@@ -310,9 +357,14 @@ impl Config {
             task_lease: secs(&get, "TASK_LEASE_SECS", 15)?,
             max_body_bytes: count(&get, "MAX_BODY_BYTES", 1024 * 1024)?,
             max_in_flight: count(&get, "MAX_IN_FLIGHT", 1024)?,
+            body_timeout: secs(&get, "BODY_TIMEOUT_SECS", 10)?,
             request_timeout: secs(&get, "REQUEST_TIMEOUT_SECS", 120)?,
             shutdown_grace: secs(&get, "SHUTDOWN_GRACE_SECS", 30)?,
             max_conversations: count(&get, "MAX_CONVERSATIONS", 10_000)?,
+            max_conversations_per_key: count(&get, "MAX_CONVERSATIONS_PER_KEY", 1000)?,
+            max_tasks_per_key: count(&get, "MAX_TASKS_PER_KEY", 100)?,
+            max_streams_per_key: count(&get, "MAX_STREAMS_PER_KEY", 64)?,
+            max_store_bytes: count(&get, "MAX_STORE_MIB", 512)?.saturating_mul(1024 * 1024),
             max_messages_per_conversation: count(&get, "MAX_MESSAGES_PER_CONVERSATION", 200)?,
             conversation_ttl: secs(&get, "CONVERSATION_TTL_SECS", 86_400)?,
             task_concurrency: count(&get, "TASK_CONCURRENCY", 4)?,
@@ -324,6 +376,7 @@ impl Config {
             ws_ping: secs(&get, "WS_PING_SECS", 20)?,
             ws_idle_timeout: secs(&get, "WS_IDLE_TIMEOUT_SECS", 300)?,
             ws_max_message_bytes: count(&get, "WS_MAX_MESSAGE_BYTES", 64 * 1024)?,
+            ws_max_frames_per_minute: count(&get, "WS_MAX_FRAMES_PER_MINUTE", 600)? as u32,
             cors_origins: get("CORS_ORIGINS")
                 .map(|l| split_list(&l))
                 .unwrap_or_default(),
@@ -350,6 +403,11 @@ impl Config {
         cfg.shutdown_grace = Duration::from_secs(5);
         cfg.echo_delay = Duration::from_millis(1);
         cfg
+    }
+
+    /// Whether a request may name `model`.
+    pub fn model_allowed(&self, model: &str) -> bool {
+        self.any_model || self.models.iter().any(|m| m == model)
     }
 
     /// True when requests must carry a key.

@@ -44,6 +44,23 @@ pub enum ApiError {
     Unauthorized,
     #[error("{kind} not found")]
     NotFound { kind: &'static str },
+    /// A model outside `MODELS`: 404 `model_not_found` on `/v1` (the tutorial routes answer
+    /// a 422 at the field instead).
+    #[error("the model `{0}` does not exist or is not served here")]
+    ModelNotFound(String),
+    /// Open mode (no keys) and a `Host` that is not a loopback name.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(Duration),
+    /// A per-key quota is full (conversations, tasks, streams).
+    #[error("{message}")]
+    Quota {
+        message: String,
+        retry_after: Duration,
+    },
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("rate limit exceeded, retry in {}s", retry_after_secs(*.retry_after))]
@@ -75,12 +92,17 @@ impl ApiError {
         match self {
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::NotFound { .. } | Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::Quota { .. } | Self::Store(StoreError::Quota(_)) => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Upstream(e) => match e {
                 LlmError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 LlmError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+                LlmError::ContextLength(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 LlmError::Status { .. }
                 | LlmError::Connect(_)
                 | LlmError::BadResponse(_)
@@ -99,11 +121,17 @@ impl ApiError {
             Self::Validation(_) => "validation_error",
             Self::Unauthorized => "unauthorized",
             Self::NotFound { .. } => "not_found",
+            Self::ModelNotFound(_) => "model_not_found",
+            Self::Forbidden(_) => "forbidden",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::BodyTimeout(_) => "body_timeout",
+            Self::Quota { .. } | Self::Store(StoreError::Quota(_)) => "quota_exceeded",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::RateLimited { .. } => "rate_limited",
             Self::Upstream(e) => match e {
                 LlmError::Timeout(_) => "upstream_timeout",
                 LlmError::RateLimited { .. } => "upstream_rate_limited",
+                LlmError::ContextLength(_) => "context_length_exceeded",
                 LlmError::Status { .. }
                 | LlmError::Connect(_)
                 | LlmError::BadResponse(_)
@@ -132,7 +160,10 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<u64> {
         match self {
-            Self::RateLimited { retry_after } => Some(retry_after_secs(*retry_after)),
+            Self::RateLimited { retry_after } | Self::Quota { retry_after, .. } => {
+                Some(retry_after_secs(*retry_after))
+            }
+            Self::Store(StoreError::Quota(_)) => Some(1),
             Self::Upstream(LlmError::RateLimited { retry_after, .. }) => {
                 Some(retry_after.map(retry_after_secs).unwrap_or(1))
             }
@@ -165,7 +196,7 @@ impl ApiError {
             (_, s) => s,
         };
         let kind = match status.as_u16() {
-            400 | 404 | 413 | 422 => "invalid_request_error",
+            400 | 403 | 404 | 408 | 413 | 415 | 422 => "invalid_request_error",
             401 => "authentication_error",
             429 => "rate_limit_error",
             _ => "api_error",

@@ -11,8 +11,24 @@ use serde_json::{Value, json};
 use crate::error::{ApiError, FieldError};
 use crate::state::AppState;
 
-/// A JSON body. Any content type is accepted (curl without `-H` works); the body must be JSON.
+/// A JSON body. Its `Content-Type` must be JSON (`application/json` or `…+json`, any
+/// parameters) or absent (read as JSON): anything else is 415, so that a web page cannot
+/// post a `text/plain` "simple request" past CORS. The body must arrive within
+/// `BODY_TIMEOUT_SECS` (else 408), so that slow-body clients cannot hold admission slots.
 pub struct AppJson<T>(pub T);
+
+/// Whether a `Content-Type` value names JSON.
+pub fn is_json_content_type(value: &[u8]) -> bool {
+    let Ok(value) = std::str::from_utf8(value) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    let subtype = subtype.to_ascii_lowercase();
+    kind.eq_ignore_ascii_case("application") && (subtype == "json" || subtype.ends_with("+json"))
+}
 
 impl<T: DeserializeOwned> FromRequest<AppState> for AppJson<T> {
     type Rejection = ApiError;
@@ -20,7 +36,15 @@ impl<T: DeserializeOwned> FromRequest<AppState> for AppJson<T> {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         // `DefaultBodyLimit` (set by `middleware::apply`) enforces it; this is for the message.
         let limit = state.config.max_body_bytes;
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+        if let Some(ct) = req.headers().get(axum::http::header::CONTENT_TYPE)
+            && !is_json_content_type(ct.as_bytes())
+        {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let timeout = state.config.body_timeout;
+        let read = tokio::time::timeout(timeout, Bytes::from_request(req, state));
+        let bytes = read.await.map_err(|_| ApiError::BodyTimeout(timeout))?;
+        let bytes = bytes.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge { limit }
             } else {
@@ -123,6 +147,27 @@ mod tests {
         match parse_json::<Body>(body.as_bytes()) {
             Err(ApiError::Validation(mut f)) => f.remove(0),
             other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn json_content_types() {
+        for ok in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            "application/merge-patch+json",
+        ] {
+            assert!(is_json_content_type(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "json",
+            "",
+        ] {
+            assert!(!is_json_content_type(bad.as_bytes()), "{bad}");
         }
     }
 

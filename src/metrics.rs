@@ -300,6 +300,7 @@ fn record_error(metrics: &Metrics, e: &LlmError) {
         let kind = match e {
             LlmError::Timeout(_) => "timeout",
             LlmError::Status { .. } => "status",
+            LlmError::ContextLength(_) => "context_length",
             LlmError::RateLimited { .. } => "rate_limited",
             LlmError::Connect(_) => "connect",
             LlmError::BadResponse(_) => "bad_response",

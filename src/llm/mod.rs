@@ -207,6 +207,22 @@ pub fn error_message(raw: &[u8]) -> Option<String> {
     wire.error?.message.map(Cow::into_owned)
 }
 
+/// Whether an upstream's refusal says the prompt exceeds the model's context: OpenAI's code
+/// `context_length_exceeded`, or the texts of vLLM ("maximum context length"), llama.cpp
+/// ("exceeds the available context size") and others.
+pub fn says_context_too_long(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+    [
+        "context_length_exceeded",
+        "context length",
+        "context size",
+        "context window",
+        "maximum model length",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
 fn parse_wire(raw: &str) -> Result<Wire<'_>, LlmError> {
     let wire: Wire = serde_json::from_str(raw).map_err(|e| LlmError::BadResponse(e.to_string()))?;
     if let Some(error) = &wire.error {
@@ -281,6 +297,9 @@ pub enum LlmError {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// The upstream refused the request because the prompt is longer than the model's context.
+    #[error("the conversation is too long for the model's context: {0}")]
+    ContextLength(String),
     #[error("could not reach the model: {0}")]
     Connect(String),
     #[error("the model answered something that is not a chat completion: {0}")]

@@ -144,6 +144,8 @@ impl OpenAiProvider {
                 message,
                 retry_after,
             }
+        } else if matches!(status, 400 | 413 | 422) && super::says_context_too_long(&body) {
+            LlmError::ContextLength(message)
         } else {
             LlmError::Status { status, message }
         }

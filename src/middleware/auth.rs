@@ -33,6 +33,39 @@ pub fn is_public(path: &str) -> bool {
     PUBLIC_PATHS.contains(&path) || path.starts_with("/docs/")
 }
 
+/// The probes: never refused by `MAX_IN_FLIGHT`, so that a server full of slow clients still
+/// answers them.
+pub fn is_probe(path: &str) -> bool {
+    matches!(path, "/health" | "/ready" | "/metrics")
+}
+
+/// Whether the request's `Host` is a loopback name or address (`localhost`, `127.0.0.1`,
+/// `[::1]`, any port). With no keys configured every other `Host` is refused, so that a web
+/// page the user visits cannot reach the open server through DNS rebinding. A request with no
+/// `Host` at all (HTTP/1.0) is no browser's.
+pub fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((addr, _)) => addr,
+            None => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        },
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The configured keys, as hashes.
 pub struct KeyRing {
     keys: Vec<ApiKey>,
@@ -124,12 +157,14 @@ fn take_query_key(uri: &Uri) -> Option<(String, Uri)> {
 
 /// The auth layer.
 /// Cuts any `?api_key=` out of the URI, then finds the caller (kept in the request as
-/// [`Caller`]); `Err` is the 401 to answer.
+/// [`Caller`]); `Ok(true)` when the caller presented a valid key on a route that needs one
+/// (the per-key limit applies), `Err` is the 401 to answer. A CORS preflight (`OPTIONS`)
+/// carries no key by design: it is let through without one, to be answered by the CORS layer.
 #[allow(
     clippy::result_large_err,
     reason = "the refusal is the answer itself, returned once per request"
 )]
-pub fn admit(state: &AppState, req: &mut Request) -> Result<(), Response> {
+pub fn admit(state: &AppState, req: &mut Request) -> Result<bool, Response> {
     // The query key is always cut out, even where it is not accepted, so that it is never logged.
     let query_key = match take_query_key(req.uri()) {
         Some((key, clean)) => {
@@ -142,10 +177,10 @@ pub fn admit(state: &AppState, req: &mut Request) -> Result<(), Response> {
         req.extensions_mut().insert(Caller {
             owner: ANONYMOUS.to_owned(),
         });
-        return Ok(());
+        return Ok(false);
     }
-    if is_public(req.uri().path()) {
-        return Ok(());
+    if is_public(req.uri().path()) || req.method() == Method::OPTIONS {
+        return Ok(false);
     }
     let owner = match header_key(req.headers()) {
         Some(k) => state.keys.verify(k),
@@ -155,7 +190,7 @@ pub fn admit(state: &AppState, req: &mut Request) -> Result<(), Response> {
     match owner {
         Some(owner) => {
             req.extensions_mut().insert(Caller { owner });
-            Ok(())
+            Ok(true)
         }
         None => {
             state.metrics.auth_rejected.inc();
@@ -188,6 +223,36 @@ mod tests {
         assert_eq!(key, "s+cret");
         assert_eq!(clean.to_string(), "/chat/stream?message=hi&x=1");
         assert!(take_query_key(&"/x?y=1".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        let host = |h: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, h.parse().unwrap());
+            loopback_host(&m)
+        };
+        for ok in [
+            "localhost",
+            "LOCALHOST:8000",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8000",
+        ] {
+            assert!(host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8000",
+            "localhost.evil.example",
+            "10.0.0.1:8000",
+            "[2001:db8::1]:80",
+            "[::1",
+        ] {
+            assert!(!host(bad), "{bad}");
+        }
+        assert!(loopback_host(&HeaderMap::new()));
     }
 
     #[test]

@@ -24,8 +24,12 @@ use crate::state::AppState;
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Wraps the router in every layer, outermost first:
-/// request id → metrics and access log (one span per request) → CORS → admission (in-flight
-/// cap and timeout → client IP and per-IP rate limit → API-key auth) → body limit → router.
+/// request id → metrics and access log (one span per request) → admission (in-flight cap and
+/// timeout → the `Host` check of open mode → client IP and per-IP rate limit → API-key auth →
+/// per-key rate limit) → CORS → body limit → router.
+///
+/// Admission runs before CORS so that a preflight (`OPTIONS`) counts against the per-IP limit
+/// too; its refusals carry the CORS headers themselves ([`cors_headers`]).
 ///
 /// The admission steps are one layer ([`admit`]) calling into `rate_limit` and `auth`: axum
 /// layers wrap every route, each `from_fn` layer clones the whole stack inside it and boxes a
@@ -45,10 +49,35 @@ pub fn apply(router: Router<AppState>, state: &AppState) -> Router {
                 ))
                 .layer(from_fn_with_state(state.clone(), observe))
                 .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
-                .layer(cors(state))
-                .layer(from_fn_with_state(gate, admit)),
+                .layer(from_fn_with_state(gate, admit))
+                .layer(cors(state)),
         )
         .with_state(state.clone())
+}
+
+/// The CORS headers of an answer made before the CORS layer (a refusal of admission), so that
+/// a page on an allowed origin can read its status and `Retry-After`.
+fn cors_headers(state: &AppState, origin: Option<&HeaderValue>, res: &mut Response) {
+    let origins = &state.config.cors_origins;
+    let Some(origin) = origin else { return };
+    let any = origins.iter().any(|o| o == "*");
+    if !any && !origins.iter().any(|o| o.as_bytes() == origin.as_bytes()) {
+        return;
+    }
+    let headers = res.headers_mut();
+    let allow = if any {
+        HeaderValue::from_static("*")
+    } else {
+        origin.clone()
+    };
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
+    headers.insert(header::VARY, HeaderValue::from_static("origin"));
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(
+            "x-request-id,retry-after,ratelimit-limit,ratelimit-remaining,ratelimit-reset",
+        ),
+    );
 }
 
 fn cors(state: &AppState) -> CorsLayer {
@@ -133,31 +162,76 @@ struct Gate {
 
 /// Admission, in order. Sheds load with 503 and `Retry-After` once `MAX_IN_FLIGHT` requests are
 /// being answered, instead of queueing without end (a request counts until its response head
-/// is ready), and bounds the time until the response head (`REQUEST_TIMEOUT_SECS`; streams and
-/// WebSockets answer their head at once, so only non-streaming work is cut). Then the per-IP
-/// rate limit ([`rate_limit::admit`]) and the API key ([`auth::admit`]).
-async fn admit(State(gate): State<Gate>, mut req: Request, next: Next) -> Response {
-    let Ok(_permit) = gate.in_flight.try_acquire() else {
-        return respond(
-            ApiError::Overloaded("the server is at its limit of requests in flight".into()),
-            req.uri().path(),
-        );
+/// is ready; the probes never count), and bounds the time until the response head
+/// (`REQUEST_TIMEOUT_SECS`; streams and WebSockets answer their head at once, so only
+/// non-streaming work is cut). Then, with no keys configured, the `Host` check
+/// ([`auth::loopback_host`]); the per-IP rate limit ([`rate_limit::admit`]); the API key
+/// ([`auth::admit`]); and, for a request with a valid key, the per-key rate limit.
+async fn admit(State(gate): State<Gate>, req: Request, next: Next) -> Response {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let path = req.uri().path().to_owned();
+    match admit_inner(&gate, req, next, &path).await {
+        Ok(res) => res,
+        Err(mut refused) => {
+            cors_headers(&gate.state, origin.as_ref(), &mut refused);
+            refused
+        }
+    }
+}
+
+/// `Ok`: the route's answer; `Err`: a refusal of admission.
+async fn admit_inner(
+    gate: &Gate,
+    mut req: Request,
+    next: Next,
+    path: &str,
+) -> Result<Response, Response> {
+    let _permit = if auth::is_probe(path) {
+        None
+    } else {
+        match gate.in_flight.try_acquire() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                return Err(respond(
+                    ApiError::Overloaded("the server is at its limit of requests in flight".into()),
+                    path,
+                ));
+            }
+        }
     };
     let state = &gate.state;
+    if !state.keys.enabled() && !auth::loopback_host(req.headers()) {
+        return Err(respond(
+            ApiError::Forbidden(
+                "this server has no API keys and answers only requests to a loopback host \
+                 (localhost, 127.0.0.1, [::1])"
+                    .into(),
+            ),
+            path,
+        ));
+    }
     let timeout = state.config.request_timeout;
-    let path = req.uri().path().to_owned();
     let admitted = async {
         let decision = rate_limit::admit(state, &mut req).await?;
-        if let Err(mut refused) = auth::admit(state, &mut req) {
-            rate_limit::annotate(&mut refused, decision.as_ref());
-            return Err(refused);
-        }
+        let keyed = match auth::admit(state, &mut req) {
+            Ok(keyed) => keyed,
+            Err(mut refused) => {
+                rate_limit::annotate(&mut refused, decision.as_ref());
+                return Err(refused);
+            }
+        };
+        let key_decision = match req.extensions().get::<auth::Caller>() {
+            Some(caller) if keyed => rate_limit::admit_key(state, &caller.owner, path).await?,
+            _ => None,
+        };
+        let decision = rate_limit::tighter(decision, key_decision);
         let mut res = next.run(req).await;
         rate_limit::annotate(&mut res, decision.as_ref());
         Ok(res)
     };
     match tokio::time::timeout(timeout, admitted).await {
-        Ok(Ok(res) | Err(res)) => res,
-        Err(_) => respond(ApiError::Timeout(timeout), &path),
+        Ok(Ok(res)) => Ok(res),
+        Ok(Err(res)) => Err(res),
+        Err(_) => Ok(respond(ApiError::Timeout(timeout), path)),
     }
 }

@@ -20,6 +20,7 @@ use ipnet::IpNet;
 
 use std::sync::Arc;
 
+use super::auth;
 use crate::config::Config;
 use crate::error::{ApiError, respond};
 use crate::state::AppState;
@@ -29,13 +30,11 @@ use crate::store::redis::RedisRateLimiter;
 /// Beyond this many tracked clients, idle buckets are dropped on the spot.
 pub const MAX_TRACKED: usize = 100_000;
 
-/// Paths never limited: probes and scrapes must work while clients are throttled, and the
-/// static pages (the chat page, the docs) cost nothing to serve and call nothing.
+/// Paths never limited: the public paths ([`auth::is_public`]: liveness, scrapes and the static
+/// pages, which cost nothing to serve and call nothing), except `/ready`, which checks the
+/// store and the upstream and so is limited like any request.
 pub fn unlimited(path: &str) -> bool {
-    matches!(
-        path,
-        "/health" | "/ready" | "/metrics" | "/" | "/openapi.json" | "/docs"
-    ) || path.starts_with("/docs/")
+    path != "/ready" && auth::is_public(path)
 }
 
 type Keyed<K> = Gcra<K, DefaultKeyedStateStore<K>, DefaultClock, StateInformationMiddleware>;
@@ -95,52 +94,47 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one token for this client (and key, when per-key limits are on).
+    /// Takes one token for this client, and then, when per-key limits are on and the client
+    /// was let through, one for `key`. Returns the tighter of the two decisions.
     pub async fn check(&self, ip: IpAddr, key: Option<&str>) -> Result<Decision, StoreError> {
+        let ip_decision = self.check_ip(ip).await?;
+        match key {
+            Some(key) if ip_decision.allowed => Ok(match self.check_key(key).await? {
+                Some(d) if d.remaining <= ip_decision.remaining || !d.allowed => d,
+                _ => ip_decision,
+            }),
+            _ => Ok(ip_decision),
+        }
+    }
+
+    /// Takes one token from the client's bucket.
+    pub async fn check_ip(&self, ip: IpAddr) -> Result<Decision, StoreError> {
         if let Some(shared) = &self.shared {
-            return self.check_shared(shared, ip, key).await;
+            let bucket = format!("ip:{}", bucket_of(ip));
+            return take_shared(shared, &bucket, self.per_minute, self.burst).await;
         }
         if self.per_ip.len() > MAX_TRACKED {
             self.per_ip.retain_recent();
         }
-        let ip_decision = decide(&self.per_ip, &bucket_of(ip), self.burst);
-        Ok(match (&self.per_key, key) {
-            (Some(limiter), Some(key)) if ip_decision.allowed => {
-                decide(limiter, &key.to_owned(), self.burst)
-            }
-            _ => ip_decision,
-        })
+        Ok(decide(&self.per_ip, &bucket_of(ip), self.burst))
     }
 
-    async fn check_shared(
-        &self,
-        shared: &RedisRateLimiter,
-        ip: IpAddr,
-        key: Option<&str>,
-    ) -> Result<Decision, StoreError> {
-        let emission = |per_minute: u32| Duration::from_secs(60) / per_minute.max(1);
-        let bucket = format!("ip:{}", bucket_of(ip));
-        let (allowed, remaining, reset) = shared
-            .take(&bucket, emission(self.per_minute), self.burst)
-            .await?;
-        let mut decision = Decision {
-            allowed,
-            limit: self.burst,
-            remaining,
-            reset,
+    /// Takes one token from the key's bucket; `None` when per-key limits are off. Keys are
+    /// configured names, so the per-key buckets are as many as the keys.
+    pub async fn check_key(&self, key: &str) -> Result<Option<Decision>, StoreError> {
+        let Some(per_minute) = self.per_key_per_minute else {
+            return Ok(None);
         };
-        if let (true, Some(per_minute), Some(key)) = (allowed, self.per_key_per_minute, key) {
-            let (allowed, remaining, reset) = shared
-                .take(&format!("key:{key}"), emission(per_minute), self.burst)
-                .await?;
-            decision = Decision {
-                allowed,
-                limit: self.burst,
-                remaining,
-                reset,
-            };
+        if let Some(shared) = &self.shared {
+            let bucket = format!("key:{key}");
+            return take_shared(shared, &bucket, per_minute, self.burst)
+                .await
+                .map(Some);
         }
-        Ok(decision)
+        Ok(self
+            .per_key
+            .as_ref()
+            .map(|limiter| decide(limiter, &key.to_owned(), self.burst)))
     }
 
     /// Drops buckets that are full again (idle clients).
@@ -160,6 +154,22 @@ impl RateLimiter {
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         client_ip(peer, headers, &self.trusted)
     }
+}
+
+async fn take_shared(
+    shared: &RedisRateLimiter,
+    bucket: &str,
+    per_minute: u32,
+    burst: u32,
+) -> Result<Decision, StoreError> {
+    let emission = Duration::from_secs(60) / per_minute.max(1);
+    let (allowed, remaining, reset) = shared.take(bucket, emission, burst).await?;
+    Ok(Decision {
+        allowed,
+        limit: burst,
+        remaining,
+        reset,
+    })
 }
 
 fn decide<K: std::hash::Hash + Eq + Clone>(limiter: &Keyed<K>, key: &K, burst: u32) -> Decision {
@@ -197,24 +207,54 @@ fn bucket_of(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The socket peer, or, when the peer is a trusted proxy, the rightmost `X-Forwarded-For` hop
-/// that is not itself trusted. Headers from anyone else are ignored.
+/// The socket peer, or, when the peer is a trusted proxy, the client named by
+/// `X-Forwarded-For`, walked from the right: trusted proxies are skipped and the first entry
+/// that is not one is the client. An entry with a port counts as its address; an entry that is
+/// no address at all (`unknown`, garbage) ends the walk at the trusted proxy that passed it on,
+/// so that nothing further left is believed and garbage cannot open new buckets. Headers from
+/// anyone else are ignored.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return peer;
     }
-    let hops: Vec<IpAddr> = headers
+    let values: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .map(|v| v.to_str().unwrap_or("garbage"))
         .collect();
-    hops.into_iter()
-        .rev()
-        .find(|ip| !is_trusted(ip))
-        .unwrap_or(peer)
+    let mut passed_on = peer;
+    for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        let Some(ip) = hop_address(entry.trim()) else {
+            return passed_on;
+        };
+        if !is_trusted(&ip) {
+            return ip;
+        }
+        passed_on = ip;
+    }
+    passed_on
+}
+
+/// One `X-Forwarded-For` entry's address: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1` or
+/// `[2001:db8::1]:443`.
+fn hop_address(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Some(rest) = entry.strip_prefix('[') {
+        let (addr, tail) = rest.split_once(']')?;
+        let port_ok = tail.is_empty() || tail.strip_prefix(':').is_some_and(valid_port);
+        return port_ok.then(|| addr.parse().ok()).flatten();
+    }
+    let (addr, port) = entry.rsplit_once(':')?;
+    valid_port(port)
+        .then(|| addr.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4))
+        .flatten()
+}
+
+fn valid_port(port: &str) -> bool {
+    !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit())
 }
 
 pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
@@ -229,7 +269,6 @@ fn set_headers(headers: &mut HeaderMap, d: &Decision) {
     headers.insert(RATELIMIT_RESET, HeaderValue::from(reset));
 }
 
-/// Finds the client IP (put into the request as [`ClientIp`]) and takes a token for it.
 /// Finds the client IP (kept in the request as [`ClientIp`]) and takes a token from its
 /// bucket. `Ok(None)`: a path that is never limited; `Err`: the 429 to answer.
 pub async fn admit(state: &AppState, req: &mut Request) -> Result<Option<Decision>, Response> {
@@ -244,22 +283,56 @@ pub async fn admit(state: &AppState, req: &mut Request) -> Result<Option<Decisio
     if unlimited(path) {
         return Ok(None);
     }
-    let decision = match state.limiter.check(ip, None).await {
+    let decision = match state.limiter.check_ip(ip).await {
         Ok(d) => d,
         Err(e) => return Err(respond(ApiError::Store(e), path)),
     };
-    if !decision.allowed {
-        state.metrics.rate_limited.inc();
-        let mut res = respond(
-            ApiError::RateLimited {
-                retry_after: decision.reset,
-            },
-            path,
-        );
-        set_headers(res.headers_mut(), &decision);
-        return Err(res);
+    refuse_unless_allowed(state, decision, path).map(Some)
+}
+
+/// Takes a token from the caller's key's bucket (a request that carries a valid key, on a
+/// route that needs one), after auth. `Ok(None)`: per-key limits are off.
+pub async fn admit_key(
+    state: &AppState,
+    key: &str,
+    path: &str,
+) -> Result<Option<Decision>, Response> {
+    match state.limiter.check_key(key).await {
+        Ok(Some(d)) => refuse_unless_allowed(state, d, path).map(Some),
+        Ok(None) => Ok(None),
+        Err(e) => Err(respond(ApiError::Store(e), path)),
     }
-    Ok(Some(decision))
+}
+
+#[allow(
+    clippy::result_large_err,
+    reason = "the refusal is the answer itself, returned once per request"
+)]
+fn refuse_unless_allowed(
+    state: &AppState,
+    decision: Decision,
+    path: &str,
+) -> Result<Decision, Response> {
+    if decision.allowed {
+        return Ok(decision);
+    }
+    state.metrics.rate_limited.inc();
+    let mut res = respond(
+        ApiError::RateLimited {
+            retry_after: decision.reset,
+        },
+        path,
+    );
+    set_headers(res.headers_mut(), &decision);
+    Err(res)
+}
+
+/// Of the per-IP and the per-key decision, the one with fewer requests left.
+pub fn tighter(ip: Option<Decision>, key: Option<Decision>) -> Option<Decision> {
+    match (ip, key) {
+        (Some(i), Some(k)) => Some(if k.remaining <= i.remaining { k } else { i }),
+        (i, k) => i.or(k),
+    }
 }
 
 /// The `RateLimit-*` headers of an admitted request's answer.
@@ -314,6 +387,40 @@ mod tests {
         let proxy = IpAddr::from([10, 1, 1, 1]);
         assert_eq!(client_ip(proxy, &h, &trusted), IpAddr::from([2, 2, 2, 2]));
         assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
+    }
+
+    #[test]
+    fn forwarded_for_with_ports_and_garbage() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy = IpAddr::from([10, 1, 1, 1]);
+        let walk = |xff: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-forwarded-for", xff.parse().unwrap());
+            client_ip(proxy, &h, &trusted)
+        };
+        // A port is part of the entry, not a reason to skip it.
+        assert_eq!(walk("9.9.9.9, 1.2.3.4:5678"), IpAddr::from([1, 2, 3, 4]));
+        assert_eq!(
+            walk("9.9.9.9, [2001:db8::1]:443"),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            walk("2001:db8::7"),
+            "2001:db8::7".parse::<IpAddr>().unwrap()
+        );
+        // Garbage ends the walk at the trusted hop that passed it on: the spoofed entry to its
+        // left is never believed.
+        assert_eq!(walk("6.6.6.6, unknown"), proxy);
+        assert_eq!(
+            walk("6.6.6.6, garbage, 10.0.0.9"),
+            IpAddr::from([10, 0, 0, 9])
+        );
+        assert_eq!(walk("6.6.6.6, 1.2.3.4:99999"), proxy);
+        // Several header lines read as one list, right to left.
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "7.7.7.7".parse().unwrap());
+        h.append("x-forwarded-for", "10.0.0.5".parse().unwrap());
+        assert_eq!(client_ip(proxy, &h, &trusted), IpAddr::from([7, 7, 7, 7]));
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub enum StoreError {
     /// A configured limit would be exceeded.
     #[error("storage full: {0}")]
     Full(String),
+    /// The caller's own quota is full (its conversations are all busy, or its tasks all
+    /// unfinished): 429, not the server's problem.
+    #[error("{0}")]
+    Quota(String),
 }
 
 /// A conversation as `GET /conversation/{id}` shows it.
