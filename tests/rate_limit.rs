@@ -55,11 +55,19 @@ async fn a_burst_of_20_admits_exactly_the_burst() {
         .headers();
     assert_eq!(ok_headers["ratelimit-limit"], "5");
 
-    // Probes are never limited.
-    for path in ["/health", "/ready"] {
-        let (status, _) = app.get(path).await;
-        assert_eq!(status, 200, "{path}");
+    // Liveness and scrapes are never limited; `/ready`, which checks the store and the
+    // upstream, is limited like any request.
+    for path in ["/health", "/metrics"] {
+        let res = app
+            .client
+            .get(format!("{}{path}", app.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{path}");
     }
+    let (status, _) = app.get("/ready").await;
+    assert_eq!(status, 429, "/ready");
 }
 
 #[tokio::test]
