@@ -208,6 +208,8 @@ impl ApiError {
                     other => other.to_string(),
                 })
             }
+            Self::ModelNotFound(_) => Some("model".to_owned()),
+            Self::Upstream(LlmError::ContextLength(_)) => Some("messages".to_owned()),
             _ => None,
         };
         let body = json!({"error": {

@@ -15,9 +15,7 @@ use crate::middleware::auth::KeyRing;
 use crate::middleware::rate_limit::RateLimiter;
 use crate::routes::ws::SocketRegistry;
 use crate::store::redis::{RedisQueue, RedisRateLimiter, RedisSettings, RedisStores};
-use crate::store::{
-    ConversationStore, MemoryConversationStore, MemoryTaskStore, StoreError, TaskStore,
-};
+use crate::store::{ConversationStore, StoreError, StoreLimits, TaskStore, memory};
 
 /// Cloned into every request and every layer: one `Arc`, so a clone is one atomic increment
 /// (profiling showed the clones and drops of a many-`Arc` state at ~3% of a `/chat` request).
@@ -78,16 +76,15 @@ struct Stores {
 impl Stores {
     fn for_config(config: &Config) -> Result<Self, StoreError> {
         match &config.store {
-            StoreKind::Memory => Ok(Self {
-                conversations: Arc::new(MemoryConversationStore::new(
-                    config.max_conversations,
-                    config.max_messages_per_conversation,
-                    config.conversation_ttl,
-                )),
-                tasks: Arc::new(MemoryTaskStore::new(config.max_tasks, config.task_ttl)),
-                limiter: None,
-                queue: None,
-            }),
+            StoreKind::Memory => {
+                let (conversations, tasks) = memory::stores(&StoreLimits::from_config(config));
+                Ok(Self {
+                    conversations: Arc::new(conversations),
+                    tasks: Arc::new(tasks),
+                    limiter: None,
+                    queue: None,
+                })
+            }
             StoreKind::Redis(url) => {
                 let redis = RedisStores::connect(
                     RedisSettings {

@@ -10,6 +10,7 @@ use tracing::instrument;
 
 use crate::llm::{
     ChatChunk, ChatRequest, ChunkStream, LlmError, LlmProvider, Message, Usage, count_tokens,
+    estimate_tokens,
 };
 use crate::store::{ConversationStore, StoreError, TurnLease};
 
@@ -24,6 +25,8 @@ pub struct ChatTurn {
     pub temperature: f64,
     pub max_tokens: u32,
     pub model: String,
+    /// The estimated tokens of history sent upstream (`MAX_HISTORY_TOKENS`).
+    pub max_history_tokens: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -55,11 +58,39 @@ struct PreparedTurn {
     new_messages: Vec<Message>,
 }
 
+/// Drops the oldest whole turns (a `user` message and everything up to the next one, so that
+/// an assistant's tool calls stay with their results) until the estimated tokens of `messages`
+/// fit `max`. A leading system message and the last turn are always kept: what still does not
+/// fit is the upstream's to refuse (a "context length" answer, 422/400).
+pub fn trim_to_tokens(messages: &mut Vec<Message>, max: usize) {
+    let cost = |m: &Message| estimate_tokens(&m.content) + 4;
+    let mut total: usize = messages.iter().map(cost).sum();
+    if total <= max {
+        return;
+    }
+    let first = usize::from(messages.first().is_some_and(|m| m.role == "system"));
+    let Some(last_turn) = messages.iter().rposition(|m| m.role == "user") else {
+        return;
+    };
+    let mut end = first;
+    while total > max && end < last_turn {
+        // The turn starting at `end` runs to the next user message.
+        let next = messages[end + 1..last_turn]
+            .iter()
+            .position(|m| m.role == "user")
+            .map_or(last_turn, |i| end + 1 + i);
+        total -= messages[end..next].iter().map(cost).sum::<usize>();
+        end = next;
+    }
+    messages.drain(first..end);
+}
+
 async fn prepare(
     store: &dyn ConversationStore,
     owner: &str,
     turn: ChatTurn,
 ) -> Result<PreparedTurn, AgentError> {
+    let max_history_tokens = turn.max_history_tokens;
     let conversation_id = turn
         .conversation_id
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
@@ -75,6 +106,7 @@ async fn prepare(
     let mut messages = Vec::with_capacity(lease.history().len() + new_messages.len());
     messages.extend_from_slice(lease.history());
     messages.extend_from_slice(&new_messages);
+    trim_to_tokens(&mut messages, max_history_tokens);
     let request = ChatRequest::new(&turn.model, messages, turn.temperature, turn.max_tokens);
     Ok(PreparedTurn {
         lease,
@@ -197,4 +229,58 @@ pub async fn stream_turn(
         }
     });
     Ok((id, Box::pin(stream)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conv(turns: &[&str]) -> Vec<Message> {
+        let mut m = vec![Message::new("system", "s")];
+        for t in turns {
+            m.push(Message::new("user", *t));
+            m.push(Message::new("assistant", *t));
+        }
+        m
+    }
+
+    #[test]
+    fn trimming_drops_whole_turns_oldest_first_and_keeps_system_and_last() {
+        let big = "x".repeat(400); // 100 tokens, +4 per message
+        let mut m = conv(&[&big, &big, &big]);
+        m.push(Message::new("user", "now"));
+        // Each old turn costs 208; system 5, last 5: a budget of 430 keeps two old turns.
+        trim_to_tokens(&mut m, 430);
+        assert_eq!(m[0].role, "system");
+        assert_eq!(m.len(), 1 + 4 + 1);
+        assert_eq!(m[1].role, "user");
+        assert_eq!(m.last().unwrap().content, "now");
+        // Nothing fits: only the system message and the last turn stay.
+        trim_to_tokens(&mut m, 1);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[1].content, "now");
+    }
+
+    #[test]
+    fn a_turn_with_tool_messages_goes_whole() {
+        let mut m = vec![
+            Message::new("system", "s"),
+            Message::new("user", &"x".repeat(400)),
+            Message::new("assistant", ""),
+            Message::new("tool", "result"),
+            Message::new("assistant", "answer"),
+            Message::new("user", "next"),
+        ];
+        trim_to_tokens(&mut m, 50);
+        let roles: Vec<&str> = m.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["system", "user"]);
+    }
+
+    #[test]
+    fn a_history_that_fits_is_untouched() {
+        let mut m = conv(&["a", "b"]);
+        let before = m.clone();
+        trim_to_tokens(&mut m, 1000);
+        assert_eq!(m, before);
+    }
 }

@@ -120,7 +120,8 @@ impl ChatRequest {
     }
 }
 
-fn content_text(content: Option<&Value>) -> String {
+/// The text of a message's `content`: a string, or the text parts of an array.
+pub fn content_text(content: Option<&Value>) -> String {
     match content {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(parts)) => parts
@@ -408,6 +409,13 @@ pub fn guard_stream(inner: ChunkStream, idle: Duration) -> ChunkStream {
             }
         }
     }))
+}
+
+/// Estimates the tokens a text costs a model, without a tokenizer: one per four bytes, the
+/// usual rule for English with BPE tokenizers (constant time: it bounds what is sent,
+/// `MAX_HISTORY_TOKENS`, on every turn).
+pub fn estimate_tokens(text: &str) -> usize {
+    text.len().div_ceil(4)
 }
 
 /// Counts tokens roughly (words), for providers that report no usage.

@@ -10,14 +10,34 @@ use crate::agent::{self, ChatTurn};
 use crate::config::Config;
 use crate::error::{ApiError, FieldError};
 use crate::extract::AppJson;
+use crate::llm::estimate_tokens;
 use crate::middleware::auth::Caller;
 use crate::openapi::{DetailError, ModelCallErrors};
 use crate::state::AppState;
 
 pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful AI assistant.";
 pub const DEFAULT_TEMPERATURE: f64 = 0.7;
+/// The tutorial's default; `min(1000, MAX_OUTPUT_TOKENS)` is sent.
 pub const DEFAULT_MAX_TOKENS: i64 = 1000;
-pub const MAX_TOKENS_LIMIT: i64 = 4000;
+
+/// The 422 entry of a model outside `MODELS` (`None` when it is allowed).
+pub fn model_error(config: &Config, root: &str, model: &str) -> Option<FieldError> {
+    if model.trim().is_empty() || model.len() > 256 {
+        return Some(FieldError {
+            loc: vec![json!(root), json!("model")],
+            msg: "String should have 1 to 256 characters".into(),
+            kind: "string_length".into(),
+        });
+    }
+    (!config.model_allowed(model)).then(|| FieldError {
+        loc: vec![json!(root), json!("model")],
+        msg: format!(
+            "Input should be one of the models this server offers: {}",
+            config.models.join(", ")
+        ),
+        kind: "enum".into(),
+    })
+}
 
 /// The body of `POST /chat` and `POST /chat/stream` (and a WebSocket message).
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
@@ -73,6 +93,16 @@ impl ChatInput {
                 "String should have at least 1 non-blank character".into(),
                 "string_too_short",
             );
+        } else if estimate_tokens(&self.message) > config.max_history_tokens {
+            err(
+                "message",
+                format!(
+                    "The message alone is longer than this server sends a model \
+                     (MAX_HISTORY_TOKENS={} tokens, estimated)",
+                    config.max_history_tokens
+                ),
+                "too_long",
+            );
         }
         if let Some(id) = &self.conversation_id
             && !valid_id(id)
@@ -91,26 +121,25 @@ impl ChatInput {
                 "value_out_of_range",
             );
         }
+        let limit = i64::from(config.max_output_tokens);
         let (field, max_tokens) = match (self.max_tokens, self.max_completion_tokens) {
             (Some(n), _) => ("max_tokens", n),
             (None, Some(n)) => ("max_completion_tokens", n),
-            (None, None) => ("max_tokens", DEFAULT_MAX_TOKENS),
+            (None, None) => ("max_tokens", DEFAULT_MAX_TOKENS.min(limit)),
         };
-        if !(1..=MAX_TOKENS_LIMIT).contains(&max_tokens) {
+        if !(1..=limit).contains(&max_tokens) {
             err(
                 field,
-                format!("Input should be between 1 and {MAX_TOKENS_LIMIT}"),
+                format!("Input should be between 1 and {limit}"),
                 "value_out_of_range",
             );
         }
-        if let Some(model) = &self.model
-            && (model.trim().is_empty() || model.len() > 256)
+        if let Some(e) = self
+            .model
+            .as_deref()
+            .and_then(|m| model_error(config, root, m))
         {
-            err(
-                "model",
-                "String should have 1 to 256 characters".into(),
-                "string_length",
-            );
+            errors.push(e);
         }
         if !errors.is_empty() {
             return Err(ApiError::Validation(errors));
@@ -124,6 +153,7 @@ impl ChatInput {
             temperature,
             max_tokens: max_tokens as u32,
             model: self.model.unwrap_or_else(|| config.chat_model.clone()),
+            max_history_tokens: config.max_history_tokens,
         })
     }
 }

@@ -13,18 +13,64 @@ use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use serde_json::{Map, Value, json};
 
+use crate::config::Config;
 use crate::error::{ApiError, FieldError, OpenAiError};
 use crate::extract::AppJson;
-use crate::llm::{ChatRequest, ChunkStream, Messages};
+use crate::llm::{ChatRequest, ChunkStream, Messages, content_text, estimate_tokens};
 use crate::openapi::OpenAiErrorBody;
 use crate::routes::stream::sse_response;
 use crate::state::AppState;
 
-/// Checks the fields this server relies on, fills in the model, and leaves the rest alone.
+/// The top-level fields of OpenAI's published `CreateChatCompletionRequest` schema: these are
+/// forwarded to the upstream; any other field is dropped unless `PASSTHROUGH_FIELDS` names it.
+pub const OPENAI_REQUEST_FIELDS: &[&str] = &[
+    "audio",
+    "frequency_penalty",
+    "function_call",
+    "functions",
+    "logit_bias",
+    "logprobs",
+    "max_completion_tokens",
+    "max_tokens",
+    "messages",
+    "metadata",
+    "modalities",
+    "model",
+    "moderation",
+    "n",
+    "parallel_tool_calls",
+    "prediction",
+    "presence_penalty",
+    "prompt_cache_key",
+    "prompt_cache_options",
+    "prompt_cache_retention",
+    "reasoning_effort",
+    "response_format",
+    "safety_identifier",
+    "seed",
+    "service_tier",
+    "stop",
+    "store",
+    "stream",
+    "stream_options",
+    "temperature",
+    "tool_choice",
+    "tools",
+    "top_logprobs",
+    "top_p",
+    "user",
+    "verbosity",
+    "web_search_options",
+];
+
+/// Checks the fields this server relies on and the operator's limits (`MODELS`,
+/// `MAX_OUTPUT_TOKENS`, `n`), fills in the model, drops top-level fields that are neither
+/// OpenAI's nor in `PASSTHROUGH_FIELDS`, and leaves the rest alone.
 fn validate(
     mut body: Map<String, Value>,
-    default_model: &str,
+    config: &Config,
 ) -> Result<(ChatRequest, bool, bool), ApiError> {
+    let max_output = i64::from(config.max_output_tokens);
     let mut errors = Vec::new();
     let mut err =
         |field: &str, msg: &str| errors.push(FieldError::body(field, msg, "invalid_value"));
@@ -35,6 +81,21 @@ fn validate(
                 .all(|msg| msg.get("role").and_then(Value::as_str).is_some())
             {
                 err("messages", "every message needs a string `role`");
+            }
+            let too_long = m.iter().any(|msg| {
+                msg.get("content").is_some_and(|c| {
+                    estimate_tokens(&content_text(Some(c))) > config.max_history_tokens
+                })
+            });
+            if too_long {
+                err(
+                    "messages",
+                    &format!(
+                        "a message alone is longer than this server sends a model \
+                         (MAX_HISTORY_TOKENS={} tokens, estimated)",
+                        config.max_history_tokens
+                    ),
+                );
             }
         }
         _ => err("messages", "`messages` must be a non-empty array"),
@@ -51,10 +112,18 @@ fn validate(
     }
     for field in ["max_tokens", "max_completion_tokens"] {
         if let Some(n) = body.get(field).filter(|v| !v.is_null())
-            && n.as_i64().is_none_or(|n| n < 1)
+            && n.as_i64().is_none_or(|n| !(1..=max_output).contains(&n))
         {
-            err(field, "must be a positive integer");
+            err(
+                field,
+                &format!("must be an integer from 1 to {max_output} (this server's limit)"),
+            );
         }
+    }
+    if let Some(n) = body.get("n").filter(|v| !v.is_null())
+        && n.as_i64() != Some(1)
+    {
+        err("n", "only `n: 1` is served here");
     }
     let stream = match body.get("stream") {
         None | Some(Value::Null) => false,
@@ -67,6 +136,15 @@ fn validate(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
+    if let Some(Value::String(m)) = body.get("model")
+        && !config.model_allowed(m)
+    {
+        return Err(ApiError::ModelNotFound(m.clone()));
+    }
+    body.retain(|field, _| {
+        OPENAI_REQUEST_FIELDS.contains(&field.as_str())
+            || config.passthrough_fields.iter().any(|f| f == field)
+    });
     let wants_usage = body
         .get("stream_options")
         .and_then(|o| o.get("include_usage"))
@@ -74,7 +152,7 @@ fn validate(
         .unwrap_or(false);
     let model = match body.remove("model") {
         Some(Value::String(m)) => m,
-        _ => default_model.to_owned(),
+        _ => config.chat_model.clone(),
     };
     let messages = match body.remove("messages") {
         Some(Value::Array(m)) => m,
@@ -91,8 +169,11 @@ fn validate(
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
     request_body(content = Object, description = "OpenAI's chat-completions request; fields not used here pass through unchanged"),
     responses((status = 200, description = "A `chat.completion`, or with `stream: true` an SSE stream of `chat.completion.chunk`s ending with `data: [DONE]`", body = Object),
-        (status = 400, description = "Invalid request", body = OpenAiErrorBody),
-        (status = 401, body = OpenAiErrorBody), (status = 429, body = OpenAiErrorBody),
+        (status = 400, description = "Invalid request: a bad field, `max_tokens` over `MAX_OUTPUT_TOKENS`, `n` above 1, or a conversation longer than the model's context", body = OpenAiErrorBody),
+        (status = 401, body = OpenAiErrorBody),
+        (status = 404, description = "`model_not_found`: a model outside `MODELS`", body = OpenAiErrorBody),
+        (status = 415, description = "A body whose Content-Type is not JSON", body = OpenAiErrorBody),
+        (status = 429, description = "Rate limited, or the key's open streams are at `MAX_STREAMS_PER_KEY`", body = OpenAiErrorBody),
         (status = 502, body = OpenAiErrorBody), (status = 504, body = OpenAiErrorBody)),
     security(("bearer" = [])))]
 pub async fn chat_completions(
@@ -108,7 +189,7 @@ pub async fn chat_completions(
         }])
         .into());
     };
-    let (request, stream, wants_usage) = validate(body, &state.config.chat_model)?;
+    let (request, stream, wants_usage) = validate(body, &state.config)?;
     if !stream {
         let completion = state.llm.complete(request).await.map_err(ApiError::from)?;
         // The upstream's object as it came (its JSON text), not parsed and written again.

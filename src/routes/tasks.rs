@@ -7,10 +7,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::runner::NewTask;
+use crate::config::Config;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{AppJson, AppQuery};
 use crate::middleware::auth::Caller;
 use crate::openapi::{DetailError, ModelCallErrors, RecordErrors, ValidationError};
+use crate::routes::chat::model_error;
 use crate::routes::conversations::ListQuery;
 use crate::state::AppState;
 use crate::store::{Task, TaskStatus};
@@ -52,7 +54,7 @@ pub struct TaskList {
 }
 
 impl CreateTaskRequest {
-    fn validate(self, default_model: &str, owner: String) -> Result<NewTask, ApiError> {
+    fn validate(self, config: &Config, owner: String) -> Result<NewTask, ApiError> {
         let mut errors = Vec::new();
         if self.prompt.trim().is_empty() {
             errors.push(FieldError::body(
@@ -69,14 +71,12 @@ impl CreateTaskRequest {
                 "string_length",
             ));
         }
-        if let Some(m) = &self.model
-            && (m.trim().is_empty() || m.len() > 256)
+        if let Some(e) = self
+            .model
+            .as_deref()
+            .and_then(|m| model_error(config, "body", m))
         {
-            errors.push(FieldError::body(
-                "model",
-                "String should have 1 to 256 characters",
-                "string_length",
-            ));
+            errors.push(e);
         }
         if !errors.is_empty() {
             return Err(ApiError::Validation(errors));
@@ -85,7 +85,7 @@ impl CreateTaskRequest {
             owner,
             prompt: self.prompt,
             task_type,
-            model: self.model.unwrap_or_else(|| default_model.to_owned()),
+            model: self.model.unwrap_or_else(|| config.task_model.clone()),
         })
     }
 }
@@ -97,7 +97,7 @@ pub async fn create_task(
     caller: Caller,
     AppJson(body): AppJson<CreateTaskRequest>,
 ) -> Result<(StatusCode, Json<TaskResponse>), ApiError> {
-    let new = body.validate(&state.config.task_model, caller.owner)?;
+    let new = body.validate(&state.config, caller.owner)?;
     let task = state.runner.submit(new).await?;
     Ok((StatusCode::ACCEPTED, Json(task.into())))
 }

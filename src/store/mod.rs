@@ -6,12 +6,62 @@ pub mod memory;
 pub mod redis;
 
 use async_trait::async_trait;
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::llm::Message;
 
 pub use memory::{MemoryConversationStore, MemoryTaskStore};
+
+/// The bounds every store keeps (memory and Redis alike; `max_bytes` is the memory store's).
+#[derive(Debug, Clone)]
+pub struct StoreLimits {
+    /// `MAX_CONVERSATIONS`: conversations held in all.
+    pub max_conversations: usize,
+    /// `MAX_CONVERSATIONS_PER_KEY`: a key at it evicts its own oldest idle conversation.
+    pub max_conversations_per_key: usize,
+    /// `MAX_MESSAGES_PER_CONVERSATION`: oldest turns are dropped past it.
+    pub max_messages: usize,
+    pub conversation_ttl: Duration,
+    /// `MAX_TASKS`: tasks held in all.
+    pub max_tasks: usize,
+    /// `MAX_TASKS_PER_KEY`: a key at it drops its oldest finished task (429 if none is).
+    pub max_tasks_per_key: usize,
+    pub task_ttl: Duration,
+    /// `MAX_STORE_MIB`, in bytes (memory store).
+    pub max_bytes: usize,
+}
+
+impl StoreLimits {
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        Self {
+            max_conversations: c.max_conversations,
+            max_conversations_per_key: c.max_conversations_per_key,
+            max_messages: c.max_messages_per_conversation,
+            conversation_ttl: c.conversation_ttl,
+            max_tasks: c.max_tasks,
+            max_tasks_per_key: c.max_tasks_per_key,
+            task_ttl: c.task_ttl,
+            max_bytes: c.max_store_bytes,
+        }
+    }
+
+    /// Generous limits with the given conversation bounds and TTL (tests).
+    pub fn new(max_conversations: usize, max_messages: usize, ttl: Duration) -> Self {
+        Self {
+            max_conversations,
+            max_conversations_per_key: max_conversations,
+            max_messages,
+            conversation_ttl: ttl,
+            max_tasks: 10_000,
+            max_tasks_per_key: 10_000,
+            task_ttl: ttl,
+            max_bytes: 512 << 20,
+        }
+    }
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -72,8 +122,13 @@ pub trait ConversationStore: Send + Sync + 'static {
     -> Result<Vec<ConversationSummary>, StoreError>;
     /// True when something was deleted.
     async fn delete(&self, owner: &str, id: &str) -> Result<bool, StoreError>;
-    /// How many conversations exist (all owners), for `/health`.
+    /// How many conversations exist (all owners).
     async fn count(&self) -> Result<usize, StoreError>;
+    /// The count without waiting (for `/health`, which never waits on the store): the memory
+    /// store's own, or a recent one a remote store remembers; `None` when it has none.
+    fn count_now(&self) -> Option<usize> {
+        None
+    }
     /// Drops what has expired; called periodically.
     async fn sweep(&self) {}
     /// Whether the backend answers (for `/ready`).

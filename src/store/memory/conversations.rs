@@ -1,0 +1,856 @@
+//! Conversations in memory, in per-key namespaces.
+//!
+//! A conversation is keyed by its owner and its id, so that two keys can both use `support-1`.
+//! Bounds: `max_conversations` in all, `max_conversations_per_key` per key, the byte budget
+//! (`MAX_STORE_MIB`), `max_messages` per conversation (oldest turns dropped, the system prompt
+//! kept), and the TTL for idle ones.
+//!
+//! A conversation counts (toward every bound) only once its first turn commits: a first turn
+//! that fails leaves nothing behind and evicts nothing. Room is made at that commit, in CLOCK
+//! order (oldest first; one used again since it was last passed over gets a second chance;
+//! one with a turn running is never taken):
+//! - a key at its quota evicts its own oldest idle conversation;
+//! - a full store (count or bytes) evicts from the key that holds the most, so that a key
+//!   under its share never loses a conversation to another key's traffic.
+//!
+//! A new conversation is refused up front (before the model is called) only when no room could
+//! be made: 429 when the key's own conversations are all busy, 503 when the whole store is.
+//! Lock order: an owner's ring, then a map shard, then a slot's data; never the other way round.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+
+use super::ByteBudget;
+use crate::llm::Message;
+use crate::store::{
+    Conversation, ConversationStore, ConversationSummary, StoreError, StoreLimits, TurnLease,
+};
+
+/// What a conversation is charged beyond its text, and each message beyond its text.
+const SLOT_BYTES: usize = 256;
+const MESSAGE_BYTES: usize = 64;
+
+/// Cheap to clone: the state is shared with the turns it hands out, which make room and count
+/// themselves in when they commit.
+#[derive(Clone)]
+pub struct MemoryConversationStore {
+    inner: Arc<Inner>,
+}
+
+impl std::ops::Deref for MemoryConversationStore {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+pub struct Inner {
+    /// By `owner \0 id`.
+    map: DashMap<Box<str>, Arc<Slot>>,
+    /// Each key's committed conversations, and their count and bytes.
+    owners: DashMap<Arc<str>, Arc<Owner>>,
+    /// Committed conversations in all, kept beside the map: `DashMap::len` takes every shard's
+    /// read lock.
+    len: AtomicUsize,
+    budget: Arc<ByteBudget>,
+    max_conversations: usize,
+    max_per_key: usize,
+    max_messages: usize,
+    ttl: Duration,
+}
+
+/// One key's conversations.
+struct Owner {
+    /// Its committed conversations in the order they were committed first, for eviction.
+    ring: Mutex<VecDeque<Weak<Slot>>>,
+    count: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Owner {
+    fn ring(&self) -> MutexGuard<'_, VecDeque<Weak<Slot>>> {
+        // Poisoning cannot leave a ring half-changed: every change is one VecDeque call.
+        self.ring.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct Slot {
+    key: Box<str>,
+    id: Box<str>,
+    owner: Arc<Owner>,
+    /// Set when the conversation is used again; eviction clears it and passes the slot over once.
+    referenced: AtomicBool,
+    /// Serializes turns. A tokio mutex because it is held across the model call.
+    turn: Arc<tokio::sync::Mutex<()>>,
+    /// The data; a std mutex, held only to copy or append, never across an `.await`.
+    data: Mutex<Data>,
+}
+
+struct Data {
+    messages: Vec<Message>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    last_used: Instant,
+    /// False until the first turn commits: until then the conversation is invisible and counts
+    /// toward nothing.
+    committed: bool,
+    /// What it is charged against the byte budget (0 until committed).
+    bytes: usize,
+}
+
+impl Slot {
+    fn data(&self) -> MutexGuard<'_, Data> {
+        // A poisoned lock only means a panic elsewhere while appending; the data is still whole.
+        self.data.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// No turn is running: the conversation may be evicted or expired.
+    fn idle(&self) -> bool {
+        self.turn.try_lock().is_ok()
+    }
+}
+
+fn key_of(owner: &str, id: &str) -> String {
+    let mut k = String::with_capacity(owner.len() + 1 + id.len());
+    k.push_str(owner);
+    k.push('\0');
+    k.push_str(id);
+    k
+}
+
+fn bytes_of(messages: &[Message]) -> usize {
+    SLOT_BYTES
+        + messages
+            .iter()
+            .map(|m| MESSAGE_BYTES + m.role.len() + m.content.len())
+            .sum::<usize>()
+}
+
+/// Why room is wanted: which bound is over.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Over {
+    Count,
+    Bytes,
+}
+
+impl MemoryConversationStore {
+    /// A store with its own byte budget.
+    pub fn new(limits: &StoreLimits) -> Self {
+        Self::with_budget(limits, Arc::new(ByteBudget::new(limits.max_bytes)))
+    }
+
+    pub fn with_budget(limits: &StoreLimits, budget: Arc<ByteBudget>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                map: DashMap::new(),
+                owners: DashMap::new(),
+                len: AtomicUsize::new(0),
+                budget,
+                max_conversations: limits.max_conversations,
+                max_per_key: limits.max_conversations_per_key,
+                max_messages: limits.max_messages,
+                ttl: limits.conversation_ttl,
+            }),
+        }
+    }
+}
+
+impl Inner {
+    fn owner(&self, name: &str) -> Arc<Owner> {
+        if let Some(o) = self.owners.get(name) {
+            return Arc::clone(o.value());
+        }
+        let owner = self.owners.entry(Arc::from(name)).or_insert_with(|| {
+            Arc::new(Owner {
+                ring: Mutex::new(VecDeque::new()),
+                count: AtomicUsize::new(0),
+                bytes: AtomicUsize::new(0),
+            })
+        });
+        Arc::clone(owner.value())
+    }
+
+    fn holds(&self, slot: &Arc<Slot>) -> bool {
+        self.map
+            .get(&*slot.key)
+            .is_some_and(|e| Arc::ptr_eq(e.value(), slot))
+    }
+
+    /// Removes a committed conversation if `still` holds for it under its shard's lock, and
+    /// releases what it was charged: every removal (eviction, expiry, `DELETE`) goes through
+    /// here, so the counts cannot drift from the map.
+    fn remove_if(&self, key: &str, still: impl FnOnce(&Arc<Slot>) -> bool) -> Option<Arc<Slot>> {
+        let (_, slot) = self
+            .map
+            .remove_if(key, |_, slot| still(slot) && slot.data().committed)?;
+        let bytes = std::mem::take(&mut slot.data().bytes);
+        self.len.fetch_sub(1, Ordering::Relaxed);
+        slot.owner.count.fetch_sub(1, Ordering::Relaxed);
+        slot.owner.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.budget.sub(bytes);
+        Some(slot)
+    }
+
+    /// Evicts one idle conversation of `owner` in CLOCK order: take the oldest of its ring; one
+    /// in a turn, or used again since it was last passed over (its flag, cleared now), goes to
+    /// the back. Two turns of the ring at most, so a ring whose every conversation was used
+    /// again still gives one up, and one whose every conversation is in a turn gives up none.
+    /// Slots already removed are dropped from the ring as they come. The evicted conversation
+    /// is freed after every lock is released.
+    fn evict_one(&self, owner: &Owner) -> bool {
+        let victim = {
+            let mut ring = owner.ring();
+            let mut budget = ring.len() * 2;
+            let mut victim = None;
+            while budget > 0 {
+                budget -= 1;
+                let Some(weak) = ring.pop_front() else { break };
+                let Some(slot) = weak.upgrade() else { continue };
+                if slot.referenced.swap(false, Ordering::Relaxed) || !slot.idle() {
+                    ring.push_back(weak);
+                    continue;
+                }
+                match self.remove_if(&slot.key, |s| Arc::ptr_eq(s, &slot) && s.idle()) {
+                    Some(gone) => {
+                        victim = Some(gone);
+                        break;
+                    }
+                    // A turn began in between: it stays.
+                    None if self.holds(&slot) => ring.push_back(weak),
+                    None => {}
+                }
+            }
+            victim
+        };
+        victim.is_some()
+    }
+
+    /// Whether `owner` has a conversation that could be evicted now (a scan that stops at the
+    /// first idle one: the oldest, in the usual case).
+    fn has_idle(owner: &Owner) -> bool {
+        owner
+            .ring()
+            .iter()
+            .any(|w| w.upgrade().is_some_and(|s| s.idle()))
+    }
+
+    /// The store's bound that is reached (with `adding` more conversations), if any.
+    fn full(&self, adding: usize) -> Option<Over> {
+        if self.len.load(Ordering::Relaxed) + adding > self.max_conversations {
+            Some(Over::Count)
+        } else if self.budget.over() {
+            Some(Over::Bytes)
+        } else {
+            None
+        }
+    }
+
+    /// The keys in the order they give up conversations when the whole store is full: the one
+    /// that holds the most (by count or bytes, whichever bound is reached) first.
+    fn biggest_owners(&self, over: Over) -> Vec<Arc<Owner>> {
+        let mut owners: Vec<(usize, Arc<Owner>)> = self
+            .owners
+            .iter()
+            .map(|o| {
+                let o = o.value();
+                let held = match over {
+                    Over::Count => o.count.load(Ordering::Relaxed),
+                    Over::Bytes => o.bytes.load(Ordering::Relaxed),
+                };
+                (held, Arc::clone(o))
+            })
+            .filter(|(held, _)| *held > 0)
+            .collect();
+        owners.sort_by(|a, b| b.0.cmp(&a.0));
+        owners.into_iter().map(|(_, o)| o).collect()
+    }
+
+    /// Whether a new conversation of `owner` could get room now: asked before its first turn
+    /// calls the model, so that a refusal costs nothing.
+    fn check_room(&self, owner: &Owner) -> Result<(), StoreError> {
+        if owner.count.load(Ordering::Relaxed) >= self.max_per_key && !Self::has_idle(owner) {
+            return Err(StoreError::Quota(format!(
+                "this key holds its maximum of {} conversations, all busy with a turn",
+                self.max_per_key
+            )));
+        }
+        if let Some(over) = self.full(1)
+            && !self.biggest_owners(over).iter().any(|o| Self::has_idle(o))
+        {
+            return Err(StoreError::Full(format!(
+                "the server holds its maximum of {} conversations, all in use",
+                self.max_conversations
+            )));
+        }
+        Ok(())
+    }
+
+    /// Makes room for what `owner` is about to add: its own oldest first while it is at its
+    /// quota, then, while the store is full, from the keys that hold the most. Racing creators
+    /// may leave a bound a few over for a moment (as many as race); the next one evicts the
+    /// excess.
+    fn make_room(&self, owner: &Owner, adding: usize) {
+        while owner.count.load(Ordering::Relaxed) + adding > self.max_per_key {
+            if !self.evict_one(owner) {
+                break;
+            }
+        }
+        'outer: while let Some(over) = self.full(adding) {
+            for victim in self.biggest_owners(over) {
+                if self.evict_one(&victim) {
+                    continue 'outer;
+                }
+            }
+            break;
+        }
+    }
+
+    /// A new, uncommitted conversation with its turn already held (between its insertion and a
+    /// lock taken afterwards, a racing request could take the turn first), or the one a
+    /// concurrent request just made under the same key, whose turn is that request's (`None`).
+    fn create(&self, owner: Arc<Owner>, key: String, id: &str) -> (Arc<Slot>, Option<TurnGuard>) {
+        let now = Utc::now();
+        let turn = Arc::new(tokio::sync::Mutex::new(()));
+        // A mutex nobody else has seen: always free.
+        let guard = Arc::clone(&turn).try_lock_owned().ok();
+        let key: Box<str> = key.into();
+        let fresh = Arc::new(Slot {
+            key: key.clone(),
+            id: id.into(),
+            owner,
+            referenced: AtomicBool::new(false),
+            turn,
+            data: Mutex::new(Data {
+                messages: Vec::new(),
+                created_at: now,
+                updated_at: now,
+                last_used: Instant::now(),
+                committed: false,
+                bytes: 0,
+            }),
+        });
+        match self.map.entry(key) {
+            Entry::Occupied(e) => (Arc::clone(e.get()), None),
+            Entry::Vacant(v) => (Arc::clone(v.insert(fresh).value()), guard),
+        }
+    }
+
+    /// Takes a removed conversation out of its owner's ring (a scan of one ring: for `DELETE`).
+    fn unlink(slot: &Arc<Slot>) {
+        let mut ring = slot.owner.ring();
+        if let Some(i) = ring
+            .iter()
+            .position(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(slot)))
+        {
+            ring.remove(i);
+        }
+    }
+
+    fn expire(&self) {
+        let ttl = self.ttl;
+        // A slot whose turn is running is in use, whatever its age.
+        let expired = |slot: &Slot| slot.idle() && slot.data().last_used.elapsed() >= ttl;
+        let keys: Vec<Box<str>> = self
+            .map
+            .iter()
+            .filter(|e| expired(e.value()))
+            .map(|e| e.key().clone())
+            .collect();
+        // One short write lock per key (`retain` would hold each shard's for its whole pass,
+        // and requests for its conversations would wait behind it); each slot is freed outside.
+        for key in keys {
+            drop(self.remove_if(&key, |slot| expired(slot)));
+        }
+        // And the rings forget what is gone, one ring locked at a time.
+        let owners: Vec<Arc<Owner>> = self.owners.iter().map(|o| Arc::clone(o.value())).collect();
+        for owner in owners {
+            owner.ring().retain(|w| w.strong_count() > 0);
+        }
+    }
+
+    /// The owner's committed conversations (from its ring: no scan of the whole map).
+    fn of_owner(&self, owner: &str) -> Vec<Arc<Slot>> {
+        let Some(owner) = self.owners.get(owner).map(|o| Arc::clone(o.value())) else {
+            return Vec::new();
+        };
+        let ring = owner.ring();
+        ring.iter()
+            .filter_map(Weak::upgrade)
+            .filter(|s| self.holds(s))
+            .collect()
+    }
+}
+
+type TurnGuard = tokio::sync::OwnedMutexGuard<()>;
+
+struct MemoryTurn {
+    store: Arc<Inner>,
+    slot: Arc<Slot>,
+    /// Released when the turn ends, after a failed new conversation was taken out of the map.
+    guard: Option<TurnGuard>,
+    history: Vec<Message>,
+}
+
+impl Drop for MemoryTurn {
+    /// A new conversation whose first turn did not commit leaves the map: it never existed.
+    /// (A turn waiting on it finds it gone and starts its own.)
+    fn drop(&mut self) {
+        if !self.slot.data().committed {
+            let slot = &self.slot;
+            self.store.map.remove_if(&*slot.key, |_, s| {
+                Arc::ptr_eq(s, slot) && !s.data().committed
+            });
+        }
+        drop(self.guard.take());
+    }
+}
+
+#[async_trait]
+impl TurnLease for MemoryTurn {
+    fn history(&self) -> &[Message] {
+        &self.history
+    }
+
+    async fn commit(self: Box<Self>, new_messages: Vec<Message>) -> Result<(), StoreError> {
+        let store = &self.store;
+        let slot = &self.slot;
+        let owner = &slot.owner;
+        let first = !slot.data().committed;
+        if first {
+            // The one moment a new conversation takes room (never before: a failed first
+            // turn must evict nothing). Its own charge is added below, and the bytes bound
+            // is enforced again after it.
+            store.make_room(owner, 1);
+        }
+        let delta: isize = {
+            let mut data = slot.data();
+            data.messages.extend(new_messages);
+            trim(&mut data.messages, store.max_messages);
+            let bytes = bytes_of(&data.messages);
+            let before = std::mem::replace(&mut data.bytes, bytes);
+            data.updated_at = Utc::now();
+            data.last_used = Instant::now();
+            if first {
+                // Counted before it is visible, so that a DELETE's release cannot come first.
+                store.len.fetch_add(1, Ordering::Relaxed);
+                owner.count.fetch_add(1, Ordering::Relaxed);
+                data.committed = true;
+            }
+            bytes as isize - before as isize
+        };
+        if delta >= 0 {
+            owner.bytes.fetch_add(delta as usize, Ordering::Relaxed);
+            store.budget.add(delta as usize);
+        } else {
+            owner
+                .bytes
+                .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+            store.budget.sub(delta.unsigned_abs());
+        }
+        if first {
+            owner.ring().push_back(Arc::downgrade(slot));
+        }
+        if store.budget.over() {
+            store.make_room(owner, 0);
+        }
+        Ok(())
+    }
+}
+
+/// Drops the oldest turns (in pairs, keeping a leading system message) until `max` remain.
+pub fn trim(messages: &mut Vec<Message>, max: usize) {
+    if messages.len() <= max {
+        return;
+    }
+    let keep_first = usize::from(messages.first().is_some_and(|m| m.role == "system"));
+    let mut excess = messages.len() - max;
+    excess += excess % 2;
+    let end = (keep_first + excess).min(messages.len());
+    messages.drain(keep_first..end);
+}
+
+#[async_trait]
+impl ConversationStore for MemoryConversationStore {
+    async fn begin_turn(
+        &self,
+        owner: &str,
+        id: &str,
+    ) -> Result<Option<Box<dyn TurnLease>>, StoreError> {
+        let key = key_of(owner, id);
+        let (slot, guard) = loop {
+            let existing = self.map.get(key.as_str()).map(|s| Arc::clone(s.value()));
+            let (slot, held) = match existing {
+                Some(slot) => {
+                    if !slot.referenced.load(Ordering::Relaxed) {
+                        slot.referenced.store(true, Ordering::Relaxed);
+                    }
+                    (slot, None)
+                }
+                None => {
+                    let owner = self.owner(owner);
+                    self.check_room(&owner)?;
+                    self.create(owner, key.clone(), id)
+                }
+            };
+            // A conversation made here is born in this turn: nothing can have taken it.
+            if let Some(guard) = held {
+                break (slot, guard);
+            }
+            let guard = Arc::clone(&slot.turn).lock_owned().await;
+            // Evicted, deleted, or a failed first turn while this turn waited for it: the
+            // conversation is gone, and the turn would be committed to nothing. Look the id up
+            // again (gone, it starts a new conversation, as it would have a moment later).
+            if self.holds(&slot) {
+                break (slot, guard);
+            }
+        };
+        let history = {
+            let mut data = slot.data();
+            data.last_used = Instant::now();
+            data.messages.clone()
+        };
+        Ok(Some(Box::new(MemoryTurn {
+            store: Arc::clone(&self.inner),
+            slot,
+            guard: Some(guard),
+            history,
+        })))
+    }
+
+    async fn get(&self, owner: &str, id: &str) -> Result<Option<Conversation>, StoreError> {
+        let key = key_of(owner, id);
+        let Some(slot) = self.map.get(key.as_str()).map(|s| Arc::clone(s.value())) else {
+            return Ok(None);
+        };
+        let data = slot.data();
+        Ok(data.committed.then(|| Conversation {
+            id: id.to_owned(),
+            messages: data.messages.clone(),
+            created_at: data.created_at,
+            updated_at: data.updated_at,
+        }))
+    }
+
+    async fn list(
+        &self,
+        owner: &str,
+        limit: usize,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
+        let mut out: Vec<ConversationSummary> = self
+            .of_owner(owner)
+            .iter()
+            .filter_map(|slot| {
+                let data = slot.data();
+                data.committed.then(|| ConversationSummary {
+                    id: slot.id.to_string(),
+                    message_count: data.messages.len(),
+                    created_at: data.created_at,
+                    updated_at: data.updated_at,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn delete(&self, owner: &str, id: &str) -> Result<bool, StoreError> {
+        let key = key_of(owner, id);
+        let Some(slot) = self.remove_if(&key, |_| true) else {
+            return Ok(false);
+        };
+        Inner::unlink(&slot);
+        Ok(true)
+    }
+
+    async fn count(&self) -> Result<usize, StoreError> {
+        Ok(self.len.load(Ordering::Relaxed))
+    }
+
+    fn count_now(&self) -> Option<usize> {
+        Some(self.len.load(Ordering::Relaxed))
+    }
+
+    async fn sweep(&self) {
+        self.expire();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msgs(n: usize) -> Vec<Message> {
+        let mut v = vec![Message::new("system", "s")];
+        for i in 0..n {
+            let role = if i % 2 == 0 { "user" } else { "assistant" };
+            v.push(Message::new(role, i.to_string()));
+        }
+        v
+    }
+
+    fn store(max: usize, per_key: usize) -> MemoryConversationStore {
+        MemoryConversationStore::new(&StoreLimits {
+            max_conversations_per_key: per_key,
+            ..StoreLimits::new(max, 10, Duration::from_secs(60))
+        })
+    }
+
+    /// One committed turn of `owner` on each of the conversations `c{i}`, `i` in `ids`.
+    async fn turns(s: &MemoryConversationStore, owner: &str, ids: std::ops::Range<usize>) {
+        for i in ids {
+            let t = s
+                .begin_turn(owner, &format!("c{i}"))
+                .await
+                .unwrap()
+                .unwrap();
+            t.commit(msgs(2)).await.unwrap();
+        }
+    }
+
+    async fn has(s: &MemoryConversationStore, owner: &str, i: usize) -> bool {
+        s.get(owner, &format!("c{i}")).await.unwrap().is_some()
+    }
+
+    #[test]
+    fn trim_keeps_system_and_pairs() {
+        let mut m = msgs(6);
+        trim(&mut m, 5);
+        assert_eq!(m.len(), 5);
+        assert_eq!(m[0].role, "system");
+        assert_eq!(m[1].role, "user");
+        assert_eq!(m[1].content, "2");
+    }
+
+    #[tokio::test]
+    async fn a_failed_first_turn_leaves_nothing_and_ids_are_per_key() {
+        let s = store(10, 10);
+        drop(s.begin_turn("a", "c1").await.unwrap().unwrap());
+        assert!(s.get("a", "c1").await.unwrap().is_none());
+        assert_eq!(s.map.len(), 0, "a failed first turn is not even in the map");
+        assert_eq!(s.count().await.unwrap(), 0);
+        // Both keys can use the same id, each its own conversation.
+        let t = s.begin_turn("a", "c1").await.unwrap().unwrap();
+        t.commit(msgs(2)).await.unwrap();
+        let t = s.begin_turn("b", "c1").await.unwrap().unwrap();
+        assert!(t.history().is_empty(), "b never sees a's conversation");
+        t.commit(msgs(4)).await.unwrap();
+        assert_eq!(s.get("a", "c1").await.unwrap().unwrap().messages.len(), 3);
+        assert_eq!(s.get("b", "c1").await.unwrap().unwrap().messages.len(), 5);
+        assert!(s.delete("b", "c1").await.unwrap());
+        assert!(!s.delete("b", "c1").await.unwrap());
+        assert!(s.get("a", "c1").await.unwrap().is_some());
+        assert_eq!(s.list("a", 10).await.unwrap().len(), 1);
+        assert!(s.list("b", 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn failed_first_turns_of_one_key_evict_nothing_of_another() {
+        let s = store(10, 1000);
+        turns(&s, "victim", 0..5).await;
+        turns(&s, "other", 0..5).await;
+        for i in 0..50 {
+            drop(
+                s.begin_turn("attacker", &format!("x{i}"))
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        for i in 0..5 {
+            assert!(has(&s, "victim", i).await && has(&s, "other", i).await);
+        }
+        assert_eq!(s.count().await.unwrap(), 10);
+    }
+
+    #[tokio::test]
+    async fn a_key_at_its_quota_evicts_its_own_oldest() {
+        let s = store(100, 3);
+        turns(&s, "b", 0..3).await;
+        turns(&s, "a", 0..5).await;
+        // a keeps its 3 newest; b, under its quota, lost nothing.
+        assert!(!has(&s, "a", 0).await && !has(&s, "a", 1).await);
+        assert!(has(&s, "a", 4).await);
+        for i in 0..3 {
+            assert!(has(&s, "b", i).await);
+        }
+        assert_eq!(s.count().await.unwrap(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_key_whose_conversations_are_all_busy_gets_429_others_go_on() {
+        let s = store(100, 2);
+        let _one = s.begin_turn("a", "one").await.unwrap().unwrap();
+        let t = s.begin_turn("a", "two").await.unwrap().unwrap();
+        t.commit(msgs(2)).await.unwrap();
+        let _two = s.begin_turn("a", "two").await.unwrap().unwrap();
+        // "one" is not committed yet; commit it so that a holds 2, both busy.
+        drop(_one);
+        let t = s.begin_turn("a", "one").await.unwrap().unwrap();
+        t.commit(msgs(2)).await.unwrap();
+        let _one = s.begin_turn("a", "one").await.unwrap().unwrap();
+        assert!(matches!(
+            s.begin_turn("a", "three").await,
+            Err(StoreError::Quota(_))
+        ));
+        assert!(s.begin_turn("b", "three").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_full_store_evicts_from_the_key_that_holds_the_most() {
+        let s = store(10, 1000);
+        turns(&s, "small", 0..3).await;
+        turns(&s, "big", 0..7).await;
+        // The store is full: a new conversation of either key evicts big's oldest.
+        turns(&s, "small", 3..4).await;
+        assert!(!has(&s, "big", 0).await);
+        turns(&s, "big", 7..9).await;
+        for i in 0..4 {
+            assert!(has(&s, "small", i).await, "small lost c{i}");
+        }
+        assert_eq!(s.count().await.unwrap(), 10);
+    }
+
+    #[tokio::test]
+    async fn the_oldest_goes_first_but_the_used_get_a_second_chance() {
+        let s = store(8, 1000);
+        turns(&s, "a", 0..8).await;
+        // c0 is used again, so c1 and c2 are the first to go.
+        turns(&s, "a", 0..1).await;
+        turns(&s, "a", 8..10).await;
+        assert_eq!(s.count().await.unwrap(), 8);
+        assert!(!has(&s, "a", 1).await && !has(&s, "a", 2).await);
+        assert!(has(&s, "a", 0).await && has(&s, "a", 3).await);
+        turns(&s, "a", 10..16).await;
+        assert!(!has(&s, "a", 0).await);
+        assert!(has(&s, "a", 8).await);
+        assert_eq!(s.count().await.unwrap(), 8);
+    }
+
+    #[tokio::test]
+    async fn the_byte_budget_evicts_too() {
+        let s = MemoryConversationStore::new(&StoreLimits {
+            max_bytes: 8 * 1024,
+            ..StoreLimits::new(1000, 10, Duration::from_secs(60))
+        });
+        for i in 0..20 {
+            let t = s.begin_turn("a", &format!("c{i}")).await.unwrap().unwrap();
+            t.commit(vec![Message::new("user", "x".repeat(1000))])
+                .await
+                .unwrap();
+            assert!(s.budget.used() <= 8 * 1024, "{}", s.budget.used());
+        }
+        assert!(has(&s, "a", 19).await);
+        assert!(!has(&s, "a", 0).await);
+        let n = s.count().await.unwrap();
+        assert!((5..=7).contains(&n), "{n}");
+    }
+
+    #[tokio::test]
+    async fn deleted_and_expired_conversations_leave_the_rings_and_the_counts() {
+        let s = MemoryConversationStore::new(&StoreLimits::new(4, 10, Duration::from_millis(20)));
+        turns(&s, "a", 0..3).await;
+        assert!(s.delete("a", "c1").await.unwrap());
+        let owner = s.owner("a");
+        assert_eq!(owner.ring().len(), 2);
+        assert_eq!(owner.count.load(Ordering::Relaxed), 2);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        s.sweep().await;
+        assert_eq!(s.count().await.unwrap(), 0);
+        assert_eq!(s.map.len(), 0);
+        assert_eq!(owner.ring().len(), 0);
+        assert_eq!(owner.bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(s.budget.used(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_creators_keep_the_bound_and_the_rings_whole() {
+        let s = store(2048, 100_000);
+        let busy = s.begin_turn("a", "busy").await.unwrap().unwrap();
+        let creators: Vec<_> = (0..4)
+            .map(|w| {
+                let s = s.clone();
+                #[expect(clippy::disallowed_methods, reason = "creators race in the test")]
+                tokio::spawn(async move {
+                    for i in 0..2000 {
+                        let t = s
+                            .begin_turn(&format!("k{}", i % 3), &format!("w{w}-{i}"))
+                            .await
+                            .unwrap()
+                            .unwrap();
+                        t.commit(msgs(2)).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for c in creators {
+            c.await.unwrap();
+        }
+        let count = s.count().await.unwrap();
+        assert!((2048..=2048 + 4).contains(&count), "{count}");
+        let in_rings: usize = ["k0", "k1", "k2"]
+            .iter()
+            .map(|k| {
+                s.owner(k)
+                    .ring()
+                    .iter()
+                    .filter(|w| w.strong_count() > 0)
+                    .count()
+            })
+            .sum();
+        assert_eq!(in_rings, count);
+        // The uncommitted "busy" conversation is in the map, but counts toward nothing.
+        assert_eq!(s.map.len(), count + 1);
+        drop(busy);
+        assert_eq!(s.map.len(), count);
+    }
+
+    #[tokio::test]
+    async fn a_turn_that_waited_on_a_conversation_deleted_meanwhile_starts_it_anew() {
+        let s = store(10, 10);
+        let t = s.begin_turn("a", "c").await.unwrap().unwrap();
+        t.commit(msgs(2)).await.unwrap();
+        let running = s.begin_turn("a", "c").await.unwrap().unwrap();
+        let waiter = {
+            let s = s.clone();
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "the waiting turn runs beside the test"
+            )]
+            tokio::spawn(async move {
+                let t = s.begin_turn("a", "c").await.unwrap().unwrap();
+                let before = t.history().len();
+                t.commit(vec![Message::new("user", "after")]).await.unwrap();
+                before
+            })
+        };
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(s.delete("a", "c").await.unwrap());
+        drop(running);
+        assert_eq!(waiter.await.unwrap(), 0);
+        let now = s.get("a", "c").await.unwrap().unwrap();
+        assert_eq!(now.messages.len(), 1);
+        assert_eq!(s.count().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn conversations_in_a_turn_are_never_evicted() {
+        let s = store(1, 10);
+        let t = s.begin_turn("a", "one").await.unwrap().unwrap();
+        t.commit(msgs(2)).await.unwrap();
+        let _busy = s.begin_turn("a", "one").await.unwrap().unwrap();
+        assert!(matches!(
+            s.begin_turn("b", "two").await,
+            Err(StoreError::Full(_))
+        ));
+    }
+}
