@@ -446,6 +446,19 @@ pub fn parse_api_keys(entries: &[String], var: &'static str) -> Result<Vec<ApiKe
             }
             None => Sha256::digest(key.as_bytes()).into(),
         };
+        // The name owns conversations and tasks, and is part of their keys in Redis.
+        if name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'))
+        {
+            return Err(ConfigError {
+                var,
+                reason: format!(
+                    "key name `{name}` must be 1 to 64 characters of A-Z, a-z, 0-9, _ - . @"
+                ),
+            });
+        }
         if keys.iter().any(|k| k.name == name) {
             return Err(ConfigError {
                 var,

@@ -90,9 +90,7 @@ impl Stores {
                     RedisSettings {
                         url: url.clone(),
                         prefix: config.store_prefix.clone(),
-                        max_messages: config.max_messages_per_conversation,
-                        conversation_ttl: config.conversation_ttl,
-                        task_ttl: config.task_ttl,
+                        limits: StoreLimits::from_config(config),
                         turn_wait: config.upstream_timeout + Duration::from_secs(30),
                     },
                     config.task_lease,

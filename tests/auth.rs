@@ -178,7 +178,14 @@ async fn conversations_and_tasks_belong_to_their_key() {
         json!({"message": "hijack", "conversation_id": "alice-conv"}),
     )
     .await;
-    assert_eq!(s, 404, "naming another key's conversation is 404");
+    // Ids are per key: naming another key's id makes the caller's own conversation.
+    assert_eq!(
+        s, 200,
+        "naming another key's conversation id starts one's own"
+    );
+    let (s, mine) = get("key-b", "/conversation/alice-conv".into()).await;
+    assert_eq!(s, 200);
+    assert_eq!(mine["messages"][1]["content"], "hijack");
     let res = app
         .client
         .delete(format!("{}/task/{task_id}", app.url))
@@ -194,12 +201,14 @@ async fn conversations_and_tasks_belong_to_their_key() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 404);
+    assert_eq!(res.status(), 200, "bob deletes his own alice-conv");
+    assert_eq!(get("key-b", "/conversation/alice-conv".into()).await.0, 404);
 
     // Alice's things are untouched.
     let (s, conv) = get("key-a", "/conversation/alice-conv".into()).await;
     assert_eq!(s, 200);
     assert_eq!(conv["message_count"], 3);
+    assert_eq!(conv["messages"][1]["content"], "mine");
     assert_eq!(get("key-a", "/conversations".into()).await.1["count"], 1);
     assert_eq!(get("key-a", "/tasks".into()).await.1["count"], 1);
     assert_eq!(get("key-a", format!("/task/{task_id}")).await.0, 200);

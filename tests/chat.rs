@@ -49,7 +49,7 @@ async fn chat_answers_with_the_contract_shape() {
 #[tokio::test]
 async fn whole_history_and_settings_reach_the_upstream() {
     let fake = FakeOpenAi::start().await;
-    let app = TestApp::with_fake(&fake, |_| {}).await;
+    let app = TestApp::with_fake(&fake, |c| c.any_model = true).await;
     let first = json!({"message": "one", "conversation_id": "my-conv_1", "system_prompt": "Be brief.",
         "temperature": 0.2, "max_tokens": 50, "model": "gpt-x"});
     let (status, body) = app.post("/chat", first).await;
@@ -306,10 +306,14 @@ async fn a_full_store_is_503_while_all_are_busy_and_then_evicts_the_oldest_idle(
         false
     }
 
-    // Two turns that hold their conversations (the echo provider's [slow] waits a minute), one
-    // after the other: a conversation exists, in its turn, as soon as its turn has begun.
+    // Two conversations, then a turn on each that holds it (the echo provider's [slow] waits a
+    // minute). A new conversation counts only once its first turn is committed.
+    for id in ["s1", "s2"] {
+        assert_eq!(app.post("/chat", chat(id)).await.0, 200);
+    }
+    assert_eq!(count().await, 2);
     let mut slow = Vec::new();
-    for (id, n) in [("s1", 1), ("s2", 2)] {
+    for id in ["s1", "s2"] {
         let req = app
             .client
             .post(format!("{}/chat", app.url))
@@ -319,8 +323,9 @@ async fn a_full_store_is_503_while_all_are_busy_and_then_evicts_the_oldest_idle(
             reason = "the held turns run beside the test"
         )]
         slow.push(tokio::spawn(req.send()));
-        assert!(eventually(async || count().await == n).await);
     }
+    // Time for both turns to begin (a probe now could itself take a conversation's place).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     // Every conversation is busy: a new one is refused at once, not queued.
     let refused = app
         .client

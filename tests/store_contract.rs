@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use agent_api::llm::Message;
 use agent_api::store::redis::{RedisSettings, RedisStores};
-use agent_api::store::{
-    ConversationStore, MemoryConversationStore, MemoryTaskStore, Task, TaskStatus, TaskStore,
-};
+use agent_api::store::{ConversationStore, StoreError, StoreLimits, Task, TaskStatus, TaskStore};
 use common::redis_url;
 
 struct Stores {
@@ -19,26 +17,29 @@ struct Stores {
     tasks: Arc<dyn TaskStore>,
 }
 
-fn memory() -> Stores {
-    Stores {
-        conversations: Arc::new(MemoryConversationStore::new(
-            100,
-            25,
-            Duration::from_secs(60),
-        )),
-        tasks: Arc::new(MemoryTaskStore::new(100, Duration::from_secs(60))),
+/// The limits of the suite: generous, except where a test says otherwise.
+fn limits() -> StoreLimits {
+    StoreLimits {
+        max_tasks: 100,
+        ..StoreLimits::new(100, 25, Duration::from_secs(60))
     }
 }
 
-async fn redis() -> Stores {
+fn memory(limits: StoreLimits) -> Stores {
+    let (conversations, tasks) = agent_api::store::memory::stores(&limits);
+    Stores {
+        conversations: Arc::new(conversations),
+        tasks: Arc::new(tasks),
+    }
+}
+
+async fn redis(limits: StoreLimits) -> Stores {
     let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
     let stores = RedisStores::connect(
         RedisSettings {
             url: redis_url(),
             prefix,
-            max_messages: 25,
-            conversation_ttl: Duration::from_secs(60),
-            task_ttl: Duration::from_secs(60),
+            limits,
             turn_wait: Duration::from_secs(10),
         },
         Duration::from_secs(5),
@@ -84,9 +85,12 @@ async fn conversation_lifecycle(s: Stores) {
     assert_eq!(conv.messages[4].content, "re: two");
     assert!(conv.updated_at >= conv.created_at);
 
-    // Another owner sees nothing and cannot take it over.
+    // Another owner sees nothing and cannot take it over: the same id is a new conversation
+    // of its own (that this one fails to commit leaves nothing).
     assert!(c.get("bob", "conv-1").await.unwrap().is_none());
-    assert!(c.begin_turn("bob", "conv-1").await.unwrap().is_none());
+    let theirs = c.begin_turn("bob", "conv-1").await.unwrap().unwrap();
+    assert!(theirs.history().is_empty());
+    drop(theirs);
     assert!(c.list("bob", 10).await.unwrap().is_empty());
     assert!(!c.delete("bob", "conv-1").await.unwrap());
 
@@ -232,22 +236,227 @@ async fn task_lifecycle(s: Stores) {
     );
 }
 
+/// One committed first turn of `owner` on `id`.
+async fn converse(c: &Arc<dyn ConversationStore>, owner: &str, id: &str) {
+    let t = c.begin_turn(owner, id).await.unwrap().unwrap();
+    let mut first = vec![Message::new("system", "sys")];
+    first.extend(turn(id));
+    t.commit(first).await.unwrap();
+}
+
+async fn exists(c: &Arc<dyn ConversationStore>, owner: &str, id: &str) -> bool {
+    c.get(owner, id).await.unwrap().is_some()
+}
+
+async fn ids_are_per_key(s: Stores) {
+    let c = &s.conversations;
+    converse(c, "alice", "support-1").await;
+    converse(c, "bob", "support-1").await;
+    let t = c.begin_turn("bob", "support-1").await.unwrap().unwrap();
+    assert_eq!(t.history().len(), 3, "bob's own history");
+    t.commit(turn("more")).await.unwrap();
+    assert_eq!(
+        c.get("alice", "support-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .messages
+            .len(),
+        3
+    );
+    assert_eq!(
+        c.get("bob", "support-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .messages
+            .len(),
+        5
+    );
+    assert!(c.delete("alice", "support-1").await.unwrap());
+    assert!(exists(c, "bob", "support-1").await);
+}
+
+async fn failed_first_turns_take_no_room(s: Stores) {
+    let c = &s.conversations;
+    for i in 0..5 {
+        converse(c, "victim", &format!("v{i}")).await;
+    }
+    for i in 0..30 {
+        drop(
+            c.begin_turn("attacker", &format!("x{i}"))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    for i in 0..5 {
+        assert!(exists(c, "victim", &format!("v{i}")).await, "v{i}");
+    }
+    assert_eq!(c.count().await.unwrap(), 5);
+    assert!(c.list("attacker", 100).await.unwrap().is_empty());
+}
+
+async fn a_key_at_its_quota_evicts_its_own_oldest(s: Stores) {
+    let c = &s.conversations;
+    for i in 0..3 {
+        converse(c, "b", &format!("c{i}")).await;
+    }
+    for i in 0..5 {
+        converse(c, "a", &format!("c{i}")).await;
+    }
+    assert!(!exists(c, "a", "c0").await && !exists(c, "a", "c1").await);
+    for i in 2..5 {
+        assert!(exists(c, "a", &format!("c{i}")).await);
+    }
+    for i in 0..3 {
+        assert!(exists(c, "b", &format!("c{i}")).await, "b lost c{i}");
+    }
+    assert_eq!(c.list("a", 100).await.unwrap().len(), 3);
+}
+
+async fn a_key_whose_conversations_are_all_busy_is_refused_with_quota(s: Stores) {
+    let c = &s.conversations;
+    for i in 0..3 {
+        converse(c, "a", &format!("c{i}")).await;
+    }
+    let _held: Vec<_> = futures::future::join_all(
+        (0..3).map(|i| async move { c.begin_turn("a", &format!("c{i}")).await.unwrap().unwrap() }),
+    )
+    .await;
+    assert!(matches!(
+        c.begin_turn("a", "new").await,
+        Err(StoreError::Quota(_))
+    ));
+    // Another key is not affected.
+    converse(c, "b", "new").await;
+}
+
+async fn a_full_store_evicts_from_the_key_that_holds_the_most(s: Stores) {
+    let c = &s.conversations;
+    for i in 0..3 {
+        converse(c, "small", &format!("c{i}")).await;
+    }
+    for i in 0..7 {
+        converse(c, "big", &format!("c{i}")).await;
+    }
+    converse(c, "small", "c3").await;
+    converse(c, "big", "c7").await;
+    for i in 0..4 {
+        assert!(
+            exists(c, "small", &format!("c{i}")).await,
+            "small lost c{i}"
+        );
+    }
+    assert!(!exists(c, "big", "c0").await && !exists(c, "big", "c1").await);
+    assert_eq!(c.count().await.unwrap(), 10);
+}
+
+async fn a_full_store_of_busy_conversations_refuses(s: Stores) {
+    let c = &s.conversations;
+    for i in 0..10 {
+        converse(c, "a", &format!("c{i}")).await;
+    }
+    let _held: Vec<_> = futures::future::join_all(
+        (0..10).map(|i| async move { c.begin_turn("a", &format!("c{i}")).await.unwrap().unwrap() }),
+    )
+    .await;
+    assert!(matches!(
+        c.begin_turn("b", "new").await,
+        Err(StoreError::Full(_))
+    ));
+}
+
+async fn idle_conversations_expire(s: Stores) {
+    let c = &s.conversations;
+    converse(c, "a", "short").await;
+    assert!(exists(c, "a", "short").await);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    c.sweep().await;
+    assert!(!exists(c, "a", "short").await);
+    assert!(c.list("a", 10).await.unwrap().is_empty());
+    assert_eq!(c.count().await.unwrap(), 0);
+}
+
+async fn a_key_at_its_task_quota_drops_its_oldest_finished(s: Stores) {
+    let t = &s.tasks;
+    t.insert(task("a1", "a")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    t.insert(task("a2", "a")).await.unwrap();
+    assert!(matches!(
+        t.insert(task("a3", "a")).await,
+        Err(StoreError::Quota(_))
+    ));
+    t.insert(task("b1", "b")).await.unwrap();
+    t.transition(
+        "a2",
+        &[TaskStatus::Pending],
+        TaskStatus::Completed,
+        Some("r".into()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    t.insert(task("a3", "a")).await.unwrap();
+    assert!(
+        t.get(None, "a2").await.unwrap().is_none(),
+        "the finished one went"
+    );
+    assert!(
+        t.get(None, "a1").await.unwrap().is_some(),
+        "the pending one stayed"
+    );
+    let ids: Vec<String> = t
+        .list("a", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.task_id)
+        .collect();
+    assert_eq!(ids.len(), 2);
+}
+
+async fn the_store_holds_at_most_max_tasks(s: Stores) {
+    let t = &s.tasks;
+    for i in 0..5 {
+        t.insert(task(&format!("t{i}"), &format!("k{i}")))
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        t.insert(task("t5", "k5")).await,
+        Err(StoreError::Full(_))
+    ));
+}
+
 macro_rules! contract {
-    ($($name:ident),* $(,)?) => {
+    ($($name:ident: $limits:expr),* $(,)?) => {
         mod memory_store {
             use super::*;
-            $( #[tokio::test] async fn $name() { super::$name(memory()).await } )*
+            $( #[tokio::test] async fn $name() { super::$name(memory($limits)).await } )*
         }
         mod redis_store {
             use super::*;
-            $( #[tokio::test] async fn $name() { super::$name(redis().await).await } )*
+            $( #[tokio::test] async fn $name() { super::$name(redis($limits).await).await } )*
         }
     };
 }
 
 contract!(
-    conversation_lifecycle,
-    history_is_bounded_and_keeps_the_system_prompt,
-    turns_are_serialized,
-    task_lifecycle,
+    conversation_lifecycle: limits(),
+    history_is_bounded_and_keeps_the_system_prompt: limits(),
+    turns_are_serialized: limits(),
+    task_lifecycle: limits(),
+    ids_are_per_key: limits(),
+    failed_first_turns_take_no_room: StoreLimits { max_conversations: 10, ..limits() },
+    a_key_at_its_quota_evicts_its_own_oldest: StoreLimits { max_conversations_per_key: 3, ..limits() },
+    a_key_whose_conversations_are_all_busy_is_refused_with_quota:
+        StoreLimits { max_conversations_per_key: 3, ..limits() },
+    a_full_store_evicts_from_the_key_that_holds_the_most:
+        StoreLimits { max_conversations: 10, ..limits() },
+    a_full_store_of_busy_conversations_refuses: StoreLimits { max_conversations: 10, ..limits() },
+    idle_conversations_expire: StoreLimits { conversation_ttl: Duration::from_millis(300), ..limits() },
+    a_key_at_its_task_quota_drops_its_oldest_finished:
+        StoreLimits { max_tasks_per_key: 2, ..limits() },
+    the_store_holds_at_most_max_tasks: StoreLimits { max_tasks: 5, ..limits() },
 );

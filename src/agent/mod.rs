@@ -265,7 +265,7 @@ mod tests {
     fn a_turn_with_tool_messages_goes_whole() {
         let mut m = vec![
             Message::new("system", "s"),
-            Message::new("user", &"x".repeat(400)),
+            Message::new("user", "x".repeat(400)),
             Message::new("assistant", ""),
             Message::new("tool", "result"),
             Message::new("assistant", "answer"),

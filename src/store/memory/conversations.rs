@@ -268,7 +268,7 @@ impl Inner {
             })
             .filter(|(held, _)| *held > 0)
             .collect();
-        owners.sort_by(|a, b| b.0.cmp(&a.0));
+        owners.sort_by_key(|o| std::cmp::Reverse(o.0));
         owners.into_iter().map(|(_, o)| o).collect()
     }
 
