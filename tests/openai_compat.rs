@@ -83,7 +83,10 @@ async fn sdk_non_stream_and_stream_and_models() {
 #[tokio::test]
 async fn unknown_fields_pass_through_unchanged() {
     let fake = FakeOpenAi::start().await;
-    let app = TestApp::with_fake(&fake, |_| {}).await;
+    let app = TestApp::with_fake(&fake, |c| {
+        c.passthrough_fields = vec!["some_future_param".into()];
+    })
+    .await;
     let body = json!({
         "model": "gpt-4o", "messages": [
             {"role": "system", "content": "s"},
@@ -107,6 +110,20 @@ async fn unknown_fields_pass_through_unchanged() {
     assert_eq!(sent["stream"], false);
     sent.as_object_mut().unwrap().remove("stream");
     assert_eq!(sent, body);
+
+    // A field that is neither OpenAI's nor named in PASSTHROUGH_FIELDS never reaches the
+    // upstream (a vendor knob billed to the operator).
+    let mut extra = body.clone();
+    extra["top_k"] = json!(5);
+    extra["chat_template_kwargs"] = json!({"enable_thinking": true});
+    let (status, res) = app.post("/v1/chat/completions", extra).await;
+    assert_eq!(status, 200, "{res}");
+    let sent = fake.requests()[1].clone();
+    assert!(
+        sent.get("top_k").is_none() && sent.get("chat_template_kwargs").is_none(),
+        "{sent}"
+    );
+    assert_eq!(sent["some_future_param"], body["some_future_param"]);
 }
 
 #[tokio::test]
@@ -114,8 +131,7 @@ async fn stream_ends_with_done_and_hides_usage_unless_asked() {
     let fake = FakeOpenAi::start().await;
     let app = TestApp::with_fake(&fake, |_| {}).await;
     for (ask, want_usage) in [(json!(null), false), (json!({"include_usage": true}), true)] {
-        let mut body =
-            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true});
+        let mut body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": true});
         if !ask.is_null() {
             body["stream_options"] = ask;
         }
@@ -151,7 +167,7 @@ async fn errors_are_in_openai_shape() {
     })
     .await;
     let app = TestApp::with_fake(&fake, |_| {}).await;
-    let ok_body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    let ok_body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
     let (status, res) = app.post("/v1/chat/completions", ok_body.clone()).await;
     assert_eq!(status, 502, "{res}");
     assert!(res["error"]["message"].is_string());
@@ -159,8 +175,8 @@ async fn errors_are_in_openai_shape() {
     assert!(res["error"].get("param").is_some() && res["error"].get("code").is_some());
 
     for bad in [
-        json!({"model": "m"}),
-        json!({"messages": [], "model": "m"}),
+        json!({"model": "gpt-4o-mini"}),
+        json!({"messages": [], "model": "gpt-4o-mini"}),
         json!({"messages": [{"role": "user", "content": "x"}], "temperature": 3}),
     ] {
         let (status, res) = app.post("/v1/chat/completions", bad.clone()).await;
@@ -217,7 +233,7 @@ async fn leaving_a_v1_stream_cancels_the_upstream_call() {
         .client
         .post(format!("{}/v1/chat/completions", app.url))
         .json(
-            &json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+            &json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
         )
         .send()
         .await
