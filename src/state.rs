@@ -13,6 +13,7 @@ use crate::llm::{EchoProvider, LlmProvider, OpenAiProvider};
 use crate::metrics::{MeteredProvider, Metrics};
 use crate::middleware::auth::KeyRing;
 use crate::middleware::rate_limit::RateLimiter;
+use crate::middleware::streams::{StreamPermit, StreamQuota};
 use crate::routes::ws::SocketRegistry;
 use crate::store::redis::{RedisQueue, RedisRateLimiter, RedisSettings, RedisStores};
 use crate::store::{ConversationStore, StoreError, StoreLimits, TaskStore, memory};
@@ -46,6 +47,8 @@ pub struct Shared {
     pub keys: Arc<KeyRing>,
     /// Per-client and per-key token buckets; used by the rate-limit layer and by `/ws`.
     pub limiter: Arc<RateLimiter>,
+    /// Open streams per key (`MAX_STREAMS_PER_KEY`); the SSE routes and `/ws` take a permit.
+    pub streams: StreamQuota,
     /// Open WebSockets by owner and client id; `/ws` registers and replaces through it.
     pub sockets: Arc<SocketRegistry>,
     /// Cancelled when shutdown begins: WebSockets close with 1001 on it. `serve` cancels it.
@@ -55,6 +58,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// For `/health`'s uptime.
     pub started: Instant,
+    /// `/ready`'s last result.
+    pub ready: crate::routes::health::ReadyCache,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +112,16 @@ impl Stores {
 }
 
 impl AppState {
+    /// A stream's place under `MAX_STREAMS_PER_KEY`, taken before the model is called. Only
+    /// callers with a key are counted: with no keys configured (loopback only) there is no key
+    /// to share among.
+    pub fn open_stream(&self, owner: &str) -> Result<Option<StreamPermit>, crate::error::ApiError> {
+        if !self.keys.enabled() {
+            return Ok(None);
+        }
+        self.streams.acquire(owner).map(Some)
+    }
+
     /// The production state for `config`.
     pub fn build(config: Config) -> Result<Self, BuildError> {
         AppStateBuilder::new(config).build()
@@ -154,6 +169,7 @@ impl AppStateBuilder {
             None => RateLimiter::new(&config),
         };
         let (conversations, tasks) = (stores.conversations, stores.tasks);
+        let streams = StreamQuota::new(config.max_streams_per_key);
         let state = AppState(Arc::new(Shared {
             keys: Arc::new(KeyRing::new(&config.api_keys)),
             limiter: Arc::new(limiter),
@@ -162,10 +178,12 @@ impl AppStateBuilder {
             conversations,
             tasks,
             runner,
+            streams,
             sockets: Arc::new(SocketRegistry::default()),
             closing: CancellationToken::new(),
             metrics,
             started: Instant::now(),
+            ready: Default::default(),
         }));
         state.start_janitor();
         state.runner.start_workers();

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod rate_limit;
+pub mod streams;
 
 use std::sync::Arc;
 use std::time::Instant;

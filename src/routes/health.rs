@@ -6,7 +6,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+use crate::openapi::DetailError;
 
 use crate::state::AppState;
 
@@ -29,7 +31,8 @@ pub struct Health {
 #[utoipa::path(get, path = "/health", tag = "operations",
     responses((status = 200, description = "Liveness; never needs a key", body = Health)))]
 pub async fn health(State(state): State<AppState>) -> Json<Health> {
-    let active = state.conversations.count().await.ok();
+    // Never waits on the store: a count it already has, or null.
+    let active = state.conversations.count_now();
     Json(Health {
         active_conversations: active.map(|n| n as u64),
         active_tasks: state.runner.active() as u64,
@@ -41,29 +44,64 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
     })
 }
 
+/// The answer of `GET /ready`: each dependency named, never the upstream's own error text.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Ready {
+    /// `ready` or `not_ready`.
+    pub status: &'static str,
+    /// `ok` or `unavailable`.
+    pub store: &'static str,
+    /// `ok` or `unavailable`.
+    pub provider: &'static str,
+}
+
+/// How long a `/ready` result (success or failure) is kept: probes at any rate cost the store
+/// and the upstream one check per this long.
+pub const READY_CACHE: Duration = Duration::from_secs(3);
+
+/// The last `/ready` result and when it was found; the lock also makes concurrent probes wait
+/// for one check instead of each making its own.
+#[derive(Default)]
+pub struct ReadyCache(tokio::sync::Mutex<Option<(Instant, Ready)>>);
+
 #[utoipa::path(get, path = "/ready", tag = "operations",
-    responses((status = 200, description = "Store and provider answer", body = Object),
-        (status = 503, description = "Store or provider unavailable", body = Object)))]
-pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let (store, tasks, llm) = tokio::join!(
-        state.conversations.ready(),
-        state.tasks.ready(),
-        state.llm.ready()
-    );
-    let store_err = store.err().or(tasks.err()).map(|e| e.to_string());
-    let llm_err = llm.err().map(|e| e.to_string());
-    let ok = store_err.is_none() && llm_err.is_none();
-    let status = if ok {
+    responses((status = 200, description = "Store and provider answer (cached for a few seconds)", body = Ready),
+        (status = 429, description = "Rate limited like any request", body = DetailError),
+        (status = 503, description = "Store or provider unavailable", body = Ready)))]
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Ready>) {
+    let mut cached = state.ready.0.lock().await;
+    let report = match &*cached {
+        Some((at, report)) if at.elapsed() < READY_CACHE => report.clone(),
+        _ => {
+            let (store, tasks, llm) = tokio::join!(
+                state.conversations.ready(),
+                state.tasks.ready(),
+                state.llm.ready()
+            );
+            let store_ok = store.is_ok() && tasks.is_ok();
+            let llm_ok = llm.is_ok();
+            if let Err(e) = &llm {
+                tracing::warn!(error = %e, "readiness: the provider does not answer");
+            }
+            let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+            let report = Ready {
+                status: if store_ok && llm_ok {
+                    "ready"
+                } else {
+                    "not_ready"
+                },
+                store: word(store_ok),
+                provider: word(llm_ok),
+            };
+            *cached = Some((Instant::now(), report.clone()));
+            report
+        }
+    };
+    drop(cached);
+    let status = if report.status == "ready" {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({
-            "status": if ok { "ready" } else { "not_ready" },
-            "store": store_err.unwrap_or_else(|| "ok".into()),
-            "provider": llm_err.unwrap_or_else(|| "ok".into()),
-        })),
-    )
+    (status, Json(report))
 }

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::error::{ApiError, FieldError, OpenAiError};
 use crate::extract::AppJson;
 use crate::llm::{ChatRequest, ChunkStream, Messages, content_text, estimate_tokens};
+use crate::middleware::auth::Caller;
 use crate::openapi::OpenAiErrorBody;
 use crate::routes::stream::sse_response;
 use crate::state::AppState;
@@ -178,6 +179,7 @@ fn validate(
     security(("bearer" = [])))]
 pub async fn chat_completions(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<AppJson<Value>, ApiError>,
 ) -> Result<Response, OpenAiError> {
     let AppJson(body) = body?;
@@ -196,8 +198,13 @@ pub async fn chat_completions(
         let json = HeaderValue::from_static("application/json");
         return Ok(([(header::CONTENT_TYPE, json)], completion.raw).into_response());
     }
+    let permit = state.open_stream(&caller.owner)?;
     let chunks = state.llm.stream(request).await.map_err(ApiError::from)?;
-    Ok(sse_response(&state, openai_events(chunks, wants_usage)))
+    Ok(sse_response(
+        &state,
+        permit,
+        openai_events(chunks, wants_usage),
+    ))
 }
 
 /// Upstream chunks as OpenAI's SSE: each chunk as it came, then `data: [DONE]`. The usage-only

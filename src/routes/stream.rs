@@ -21,6 +21,7 @@ use crate::error::ApiError;
 use crate::extract::{AppJson, AppQuery};
 use crate::metrics::GaugeGuard;
 use crate::middleware::auth::Caller;
+use crate::middleware::streams::StreamPermit;
 use crate::openapi::{DetailError, ModelCallErrors};
 use crate::routes::chat::{ChatInput, ChatQuery};
 use crate::state::AppState;
@@ -51,6 +52,7 @@ pub async fn stream_chat_get(
 }
 
 async fn start(state: AppState, caller: Caller, turn: ChatTurn) -> Result<Response, ApiError> {
+    let permit = state.open_stream(&caller.owner)?;
     let (_, events) = agent::stream_turn(
         state.llm.as_ref(),
         state.conversations.as_ref(),
@@ -61,23 +63,28 @@ async fn start(state: AppState, caller: Caller, turn: ChatTurn) -> Result<Respon
     // A comment first: the client has a byte as soon as the model accepted the call (an
     // OpenAI stream's first chunk carries the role, not text), and proxies see a live stream.
     let opened = futures::stream::once(std::future::ready(Ok(Event::default().comment("open"))));
-    Ok(sse_response(&state, opened.chain(sse_events(events))))
+    Ok(sse_response(
+        &state,
+        permit,
+        opened.chain(sse_events(events)),
+    ))
 }
 
 /// Tells nginx-style proxies not to buffer the stream.
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 /// An SSE answer as both stream routes (`/chat/stream`, `/v1/chat/completions`) send it:
-/// keep-alive comments, counted in the open-streams gauge while it lasts, and headers that keep
-/// proxies from buffering or caching it.
+/// keep-alive comments, counted in the open-streams gauge (and holding the key's stream
+/// permit) while it lasts, and headers that keep proxies from buffering or caching it.
 pub fn sse_response(
     state: &AppState,
+    permit: Option<StreamPermit>,
     events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
 ) -> Response {
     let keep_alive = KeepAlive::new()
         .interval(state.config.sse_keepalive)
         .text("keep-alive");
-    let open = GaugeGuard::new(&state.metrics.open_streams);
+    let open = (GaugeGuard::new(&state.metrics.open_streams), permit);
     let events = events.map(move |e| {
         let _held = &open;
         e

@@ -95,6 +95,11 @@ pub async fn connect(
             return (rejection.status(), axum::Json(body)).into_response();
         }
     };
+    // The socket is a stream of its key for as long as it is open.
+    let permit = match state.open_stream(&caller.owner) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
     let ip = ip.map(|e| e.0.0).unwrap_or(IpAddr::from([127, 0, 0, 1]));
     // Frames up to 4x the message limit are read (and refused politely); beyond that the
     // connection is dropped, so that memory per socket stays bounded.
@@ -107,6 +112,7 @@ pub async fn connect(
         .write_buffer_size(0)
         .max_write_buffer_size(hard_cap.max(64 * 1024))
         .on_upgrade(move |socket| async move {
+            let _permit = permit;
             let key = format!("{}\u{0}{}", caller.owner, client_id);
             let (generation, replaced) = state.sockets.register(&key);
             let (tx, rx) = socket.split();
@@ -156,6 +162,8 @@ impl Session {
         let mut last_seen = Instant::now();
         let mut reply: Option<Reply> = None;
         let mut conversation: Option<String> = None;
+        // Frames that do not call the model (cancel, pings, bad frames), in the current minute.
+        let mut frames = FrameWindow::new(cfg.ws_max_frames_per_minute);
         loop {
             let idle_deadline = last_seen + cfg.ws_idle_timeout;
             tokio::select! {
@@ -183,15 +191,27 @@ impl Session {
                 incoming = rx.next() => {
                     let Some(Ok(msg)) = incoming else { break };
                     let data = match msg {
-                        Message::Text(t) => t.as_str().to_owned(),
-                        Message::Binary(b) => String::from_utf8_lossy(&b).into_owned(),
+                        Message::Text(t) => Some(t.as_str().to_owned()),
+                        Message::Binary(b) => Some(String::from_utf8_lossy(&b).into_owned()),
                         Message::Close(_) => break,
                         // Pongs answer our pings; they say the peer is there, not that it is
                         // using the socket, so they do not reset the idle timer.
-                        Message::Ping(_) | Message::Pong(_) => continue,
+                        Message::Ping(_) | Message::Pong(_) => None,
                     };
-                    last_seen = Instant::now();
-                    let answer = self.handle(&data, &mut reply, &conversation);
+                    let was_idle = reply.is_none();
+                    let answer = data.and_then(|d| self.handle(&d, &mut reply, &conversation));
+                    if was_idle && reply.is_some() {
+                        // Only a message that calls the model resets the idle timer.
+                        last_seen = Instant::now();
+                    } else if !frames.take() {
+                        let over = json!({"error": format!(
+                            "more than {} frames a minute that do not call the model",
+                            cfg.ws_max_frames_per_minute
+                        )});
+                        let _ = tx.send(text(&over)).await;
+                        let _ = tx.send(close(close_code::POLICY, "too many frames")).await;
+                        break;
+                    }
                     if let Some(answer) = answer
                         && tx.send(text(&answer)).await.is_err()
                     {
@@ -257,7 +277,8 @@ impl Session {
         let started =
             async move {
                 // Every message that calls the model counts against the limit, like a request.
-                let refused = match state.limiter.check(ip, Some(&owner)).await {
+                let key = state.keys.enabled().then_some(owner.as_str());
+                let refused = match state.limiter.check(ip, key).await {
                     Ok(d) if d.allowed => None,
                     Ok(d) => {
                         state.metrics.rate_limited.inc();
@@ -288,6 +309,33 @@ impl Session {
             };
         *reply = Some(futures::stream::once(started).flatten().boxed());
         None
+    }
+}
+
+/// A fixed one-minute window of frames that do not call the model (`WS_MAX_FRAMES_PER_MINUTE`).
+struct FrameWindow {
+    started: Instant,
+    taken: u32,
+    max: u32,
+}
+
+impl FrameWindow {
+    fn new(max: u32) -> Self {
+        Self {
+            started: Instant::now(),
+            taken: 0,
+            max,
+        }
+    }
+
+    /// Counts one frame; false when the minute's allowance is spent.
+    fn take(&mut self) -> bool {
+        if self.started.elapsed() >= std::time::Duration::from_secs(60) {
+            self.started = Instant::now();
+            self.taken = 0;
+        }
+        self.taken += 1;
+        self.taken <= self.max
     }
 }
 
