@@ -39,6 +39,10 @@ pub struct Behaviour {
     pub retry_after: Option<u64>,
     /// Streams: send this as the `data:` of the second content chunk instead of the chunk.
     pub bad_chunk: Option<String>,
+    /// With a non-200 `status`: the error's `message` and `code` instead of the default ones.
+    pub error: Option<(String, String)>,
+    /// `GET /v1/models` answers this status (the `/ready` probe).
+    pub models_status: u16,
 }
 
 impl Default for Behaviour {
@@ -56,6 +60,8 @@ impl Default for Behaviour {
             usage: true,
             retry_after: None,
             bad_chunk: None,
+            error: None,
+            models_status: 200,
         }
     }
 }
@@ -69,6 +75,8 @@ struct Shared {
     cancelled: AtomicUsize,
     /// Streams sent to the end.
     finished: AtomicUsize,
+    /// `GET /v1/models` calls.
+    models: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -126,6 +134,11 @@ impl FakeOpenAi {
     pub fn finished(&self) -> usize {
         self.shared.finished.load(Ordering::SeqCst)
     }
+
+    /// How many times `GET /v1/models` was called.
+    pub fn models_calls(&self) -> usize {
+        self.shared.models.load(Ordering::SeqCst)
+    }
 }
 
 fn split_words(text: &str, n: usize) -> Vec<String> {
@@ -143,10 +156,18 @@ fn chunk(model: &str, delta: Value, finish: Option<&str>) -> Value {
     })
 }
 
-async fn models() -> Json<Value> {
+async fn models(State(shared): State<Arc<Shared>>) -> Response {
+    shared.models.fetch_add(1, Ordering::SeqCst);
+    let status = shared.behaviour.lock().unwrap().models_status;
+    if status != 200 {
+        let body = json!({"error": {"message": "models down: secret-internal-detail",
+            "type": "server_error", "param": null, "code": null}});
+        return (StatusCode::from_u16(status).unwrap(), Json(body)).into_response();
+    }
     Json(json!({"object": "list", "data": [
         {"id": "fake-model", "object": "model", "created": 1_700_000_000, "owned_by": "fake"}
     ]}))
+    .into_response()
 }
 
 /// Counts a stream as cancelled when its body is dropped before the end.
@@ -185,8 +206,12 @@ async fn completions(
     tokio::time::sleep(b.delay).await;
     if b.status != 200 {
         let status = StatusCode::from_u16(b.status).unwrap();
-        let body = json!({"error": {"message": format!("fake upstream says {}", b.status),
-            "type": "server_error", "param": null, "code": null}});
+        let (message, code) = match &b.error {
+            Some((m, c)) => (m.clone(), json!(c)),
+            None => (format!("fake upstream says {}", b.status), Value::Null),
+        };
+        let body = json!({"error": {"message": message,
+            "type": "server_error", "param": null, "code": code}});
         let mut res = (status, Json(body)).into_response();
         if let Some(secs) = b.retry_after {
             res.headers_mut()
