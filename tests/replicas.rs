@@ -342,3 +342,91 @@ async fn a_redis_restart_in_the_middle_of_traffic_is_survived() {
     let (s, _) = call(reqwest::Method::GET, &server.url, "/ready", "1.1.1.1").await;
     assert_eq!(s, 200);
 }
+
+#[tokio::test]
+async fn the_per_key_limit_is_exact_across_replicas() {
+    let fake = FakeOpenAi::start().await;
+    let p = pair(
+        &fake,
+        &prefix(),
+        &[
+            ("API_KEYS", "alice=key-a,bob=key-b"),
+            ("RATE_LIMIT_PER_MINUTE", "1000000"),
+            ("RATE_LIMIT_BURST", "5"),
+            ("RATE_LIMIT_PER_KEY_PER_MINUTE", "1"),
+        ],
+    );
+    // 20 requests of one key, alternating replicas and from different client addresses (so
+    // that only the key's budget can refuse them): the key's burst of 5, in all.
+    let mut ok = 0;
+    for i in 0..20 {
+        let url = if i % 2 == 0 { &p.a.url } else { &p.b.url };
+        let res = common::client()
+            .get(format!("{url}/conversations"))
+            .header("x-forwarded-for", format!("10.7.0.{i}"))
+            .header("x-api-key", "key-a")
+            .send()
+            .await
+            .unwrap();
+        match res.status().as_u16() {
+            200 => ok += 1,
+            429 => assert!(res.headers().contains_key("retry-after")),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(ok, 5, "one budget for the key across both replicas");
+    let res = common::client()
+        .get(format!("{}/conversations", p.b.url))
+        .header("x-forwarded-for", "10.7.1.1")
+        .header("x-api-key", "key-b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "another key has its own budget");
+}
+
+#[tokio::test]
+async fn per_key_conversation_quotas_are_exact_across_replicas() {
+    let fake = FakeOpenAi::start().await;
+    let p = pair(
+        &fake,
+        &prefix(),
+        &[
+            ("API_KEYS", "alice=key-a,bob=key-b"),
+            ("RATE_LIMIT_PER_MINUTE", "1000000"),
+            ("RATE_LIMIT_BURST", "1000000"),
+            ("MAX_CONVERSATIONS_PER_KEY", "3"),
+        ],
+    );
+    let chat = |url: &str, key: &str, id: String| {
+        let req = common::client()
+            .post(format!("{url}/chat"))
+            .header("x-forwarded-for", "10.7.2.1")
+            .header("x-api-key", key)
+            .json(&json!({"message": "hi", "conversation_id": id}));
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(chat(&p.a.url, "key-b", "b0".into()).await, 200);
+    for i in 0..10 {
+        let url = if i % 2 == 0 { &p.a.url } else { &p.b.url };
+        assert_eq!(chat(url, "key-a", format!("a{i}")).await, 200);
+    }
+    let list = |url: String, key: &'static str| async move {
+        let res = common::client()
+            .get(format!("{url}/conversations"))
+            .header("x-forwarded-for", "10.7.2.1")
+            .header("x-api-key", key)
+            .send()
+            .await
+            .unwrap();
+        res.json::<Value>().await.unwrap()
+    };
+    let mine = list(p.b.url.clone(), "key-a").await;
+    assert_eq!(mine["count"], 3, "{mine}");
+    assert_eq!(mine["conversations"][0]["conversation_id"], "a9");
+    assert_eq!(
+        list(p.a.url.clone(), "key-b").await["count"],
+        1,
+        "bob lost nothing"
+    );
+}
