@@ -9,7 +9,8 @@
 # oha and sse-load), which measures agent-api against the direct upstream in the same run, and
 # adds an open-loop run at a fixed rate (oha -q) against both. Auth, rate limiting (raised so
 # that one client IP is not refused), validation and ownership stay on: a key is configured
-# and sent with every request.
+# and sent with every request. The per-key quotas on streams and conversations are raised to the
+# whole server's, since every request of the bench carries the one key.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 HARNESS="${HARNESS:-$root/../shared/bench}"
@@ -32,7 +33,7 @@ done
 cargo build --release --locked --manifest-path "$root/Cargo.toml"
 bin="$root/target/release/agent-api"
 KEY=bench-key
-server_env="HOST=127.0.0.1 PORT=$PORT API_KEYS=bench=$KEY RATE_LIMIT_PER_MINUTE=1000000000 RATE_LIMIT_BURST=1000000000 MAX_IN_FLIGHT=100000 RUST_LOG=warn"
+server_env="HOST=127.0.0.1 PORT=$PORT API_KEYS=bench=$KEY RATE_LIMIT_PER_MINUTE=1000000000 RATE_LIMIT_BURST=1000000000 MAX_IN_FLIGHT=100000 MAX_STREAMS_PER_KEY=100000 MAX_CONVERSATIONS_PER_KEY=10000 RUST_LOG=warn"
 cmd="$server_env exec $bin"
 target="http://127.0.0.1:$PORT"
 

@@ -49,11 +49,29 @@ pub enum ModelCallErrors {
         description = "Missing or unknown API key (WWW-Authenticate set)"
     )]
     Unauthorized(DetailError),
+    #[response(
+        status = 403,
+        description = "No keys are configured and the Host is not a loopback name"
+    )]
+    Forbidden(DetailError),
+    #[response(
+        status = 408,
+        description = "The body did not arrive within BODY_TIMEOUT_SECS"
+    )]
+    BodyTimeout(DetailError),
     #[response(status = 413, description = "Body over the limit")]
     TooLarge(DetailError),
-    #[response(status = 422, description = "Invalid input: FastAPI's field list")]
+    #[response(status = 415, description = "A Content-Type that is not JSON")]
+    NotJson(DetailError),
+    #[response(
+        status = 422,
+        description = "Invalid input: FastAPI's field list (also a model outside MODELS, max_tokens over MAX_OUTPUT_TOKENS, a message over MAX_HISTORY_TOKENS, or an upstream's 'context length exceeded')"
+    )]
     Invalid(ValidationError),
-    #[response(status = 429, description = "Rate limited (Retry-After set)")]
+    #[response(
+        status = 429,
+        description = "Rate limited, or a per-key quota full: conversations all busy, tasks none finished, streams open (Retry-After set)"
+    )]
     RateLimited(DetailError),
     #[response(status = 502, description = "The upstream failed or answered garbage")]
     Upstream(DetailError),
@@ -74,6 +92,11 @@ pub enum RecordErrors {
         description = "Missing or unknown API key (WWW-Authenticate set)"
     )]
     Unauthorized(DetailError),
+    #[response(
+        status = 403,
+        description = "No keys are configured and the Host is not a loopback name"
+    )]
+    Forbidden(DetailError),
     #[response(status = 404, description = "Unknown id, or owned by another key")]
     NotFound(DetailError),
     #[response(status = 429, description = "Rate limited (Retry-After set)")]
@@ -127,7 +150,7 @@ impl Modify for Security {
         crate::routes::health::ready,
         metrics_doc,
     ),
-    components(schemas(DetailError, ValidationError, OpenAiErrorBody, FieldError)),
+    components(schemas(DetailError, ValidationError, OpenAiErrorBody, FieldError, crate::routes::health::Ready)),
     modifiers(&Security),
     tags(
         (name = "chat", description = "Tutorial-compatible chat, streamed or not"),
