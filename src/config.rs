@@ -93,6 +93,7 @@ pub struct ConfigError {
 /// | `REQUEST_TIMEOUT_SECS` | `120` (non-streaming requests) |
 /// | `SHUTDOWN_GRACE_SECS` | `30` |
 /// | `MAX_CONVERSATIONS` / `MAX_MESSAGES_PER_CONVERSATION` / `CONVERSATION_TTL_SECS` | `10000` / `200` / `86400` |
+/// | `TURN_WAIT_SECS` | `30` (then 409) |
 /// | `MAX_CONVERSATIONS_PER_KEY` / `MAX_TASKS_PER_KEY` / `MAX_STREAMS_PER_KEY` / `MAX_STORE_MIB` | `1000` / `100` / `64` / `512` |
 /// | `TASK_CONCURRENCY` / `TASK_QUEUE_SIZE` / `TASK_TIMEOUT_SECS` / `TASK_TTL_SECS` / `MAX_TASKS` | `4` / `100` / `300` / `3600` / `10000` |
 /// | `SSE_KEEPALIVE_SECS` | `15` |
@@ -137,6 +138,8 @@ pub struct Config {
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
     pub max_conversations: usize,
+    /// `TURN_WAIT_SECS`: how long a turn waits for a busy conversation (then 409).
+    pub turn_wait: Duration,
     pub max_conversations_per_key: usize,
     pub max_tasks_per_key: usize,
     pub max_streams_per_key: usize,
@@ -361,6 +364,7 @@ impl Config {
             request_timeout: secs(&get, "REQUEST_TIMEOUT_SECS", 120)?,
             shutdown_grace: secs(&get, "SHUTDOWN_GRACE_SECS", 30)?,
             max_conversations: count(&get, "MAX_CONVERSATIONS", 10_000)?,
+            turn_wait: secs(&get, "TURN_WAIT_SECS", 30)?,
             max_conversations_per_key: count(&get, "MAX_CONVERSATIONS_PER_KEY", 1000)?,
             max_tasks_per_key: count(&get, "MAX_TASKS_PER_KEY", 100)?,
             max_streams_per_key: count(&get, "MAX_STREAMS_PER_KEY", 64)?,

@@ -97,6 +97,7 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Quota { .. } | Self::Store(StoreError::Quota(_)) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Store(StoreError::Busy(_)) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Upstream(e) => match e {
@@ -126,6 +127,7 @@ impl ApiError {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::BodyTimeout(_) => "body_timeout",
             Self::Quota { .. } | Self::Store(StoreError::Quota(_)) => "quota_exceeded",
+            Self::Store(StoreError::Busy(_)) => "conversation_busy",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::RateLimited { .. } => "rate_limited",
             Self::Upstream(e) => match e {
@@ -163,7 +165,7 @@ impl ApiError {
             Self::RateLimited { retry_after } | Self::Quota { retry_after, .. } => {
                 Some(retry_after_secs(*retry_after))
             }
-            Self::Store(StoreError::Quota(_)) => Some(1),
+            Self::Store(StoreError::Quota(_) | StoreError::Busy(_)) => Some(1),
             Self::Upstream(LlmError::RateLimited { retry_after, .. }) => {
                 Some(retry_after.map(retry_after_secs).unwrap_or(1))
             }
@@ -196,7 +198,7 @@ impl ApiError {
             (_, s) => s,
         };
         let kind = match status.as_u16() {
-            400 | 403 | 404 | 408 | 413 | 415 | 422 => "invalid_request_error",
+            400 | 403 | 404 | 408 | 409 | 413 | 415 | 422 => "invalid_request_error",
             401 => "authentication_error",
             429 => "rate_limit_error",
             _ => "api_error",

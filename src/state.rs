@@ -96,7 +96,6 @@ impl Stores {
                         url: url.clone(),
                         prefix: config.store_prefix.clone(),
                         limits: StoreLimits::from_config(config),
-                        turn_wait: config.upstream_timeout + Duration::from_secs(30),
                     },
                     config.task_lease,
                 )?;

@@ -40,7 +40,6 @@ async fn redis(limits: StoreLimits) -> Stores {
             url: redis_url(),
             prefix,
             limits,
-            turn_wait: Duration::from_secs(10),
         },
         Duration::from_secs(5),
     )
@@ -429,6 +428,32 @@ async fn the_store_holds_at_most_max_tasks(s: Stores) {
     ));
 }
 
+async fn a_turn_waits_for_a_busy_conversation_at_most_turn_wait(s: Stores) {
+    let c = &s.conversations;
+    converse(c, "a", "busy").await;
+    let held = c.begin_turn("a", "busy").await.unwrap().unwrap();
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        c.begin_turn("a", "busy").await,
+        Err(StoreError::Busy(_))
+    ));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    drop(held);
+    // Once the turn ends, the next one gets it (Redis: the release is in the background).
+    let mut got = None;
+    for _ in 0..50 {
+        if let Ok(Some(t)) = c.begin_turn("a", "busy").await {
+            got = Some(t);
+            break;
+        }
+    }
+    assert_eq!(got.unwrap().history().len(), 3);
+}
+
 macro_rules! contract {
     ($($name:ident: $limits:expr),* $(,)?) => {
         mod memory_store {
@@ -459,4 +484,6 @@ contract!(
     a_key_at_its_task_quota_drops_its_oldest_finished:
         StoreLimits { max_tasks_per_key: 2, ..limits() },
     the_store_holds_at_most_max_tasks: StoreLimits { max_tasks: 5, ..limits() },
+    a_turn_waits_for_a_busy_conversation_at_most_turn_wait:
+        StoreLimits { turn_wait: Duration::from_millis(300), ..limits() },
 );

@@ -215,7 +215,7 @@ impl ChatQuery {
 /// `POST /chat`: one turn, answered whole.
 #[utoipa::path(post, path = "/chat", tag = "chat", request_body = ChatInput,
     responses((status = 200, body = ChatResponse),
-        (status = 404, description = "Conversation owned by another key", body = DetailError),
+        (status = 409, description = "The conversation stayed busy with another turn for TURN_WAIT_SECS (Retry-After set)", body = DetailError),
         ModelCallErrors), security(("api_key" = []), ("bearer" = [])))]
 pub async fn create_chat(
     State(state): State<AppState>,

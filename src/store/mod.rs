@@ -32,6 +32,8 @@ pub struct StoreLimits {
     pub task_ttl: Duration,
     /// `MAX_STORE_MIB`, in bytes (memory store).
     pub max_bytes: usize,
+    /// `TURN_WAIT_SECS`: how long a turn waits for a conversation busy with another turn.
+    pub turn_wait: Duration,
 }
 
 impl StoreLimits {
@@ -45,6 +47,7 @@ impl StoreLimits {
             max_tasks_per_key: c.max_tasks_per_key,
             task_ttl: c.task_ttl,
             max_bytes: c.max_store_bytes,
+            turn_wait: c.turn_wait,
         }
     }
 
@@ -59,6 +62,7 @@ impl StoreLimits {
             max_tasks_per_key: 10_000,
             task_ttl: ttl,
             max_bytes: 512 << 20,
+            turn_wait: Duration::from_secs(10),
         }
     }
 }
@@ -71,10 +75,20 @@ pub enum StoreError {
     /// A configured limit would be exceeded.
     #[error("storage full: {0}")]
     Full(String),
+    /// The conversation is busy with another turn, longer than the turn may wait: 409.
+    #[error("{0}")]
+    Busy(String),
     /// The caller's own quota is full (its conversations are all busy, or its tasks all
     /// unfinished): 429, not the server's problem.
     #[error("{0}")]
     Quota(String),
+}
+
+impl StoreError {
+    /// The answer to a turn that waited its `TURN_WAIT_SECS` for a busy conversation.
+    pub fn busy() -> Self {
+        Self::Busy("the conversation is busy with another turn; retry later".into())
+    }
 }
 
 /// A conversation as `GET /conversation/{id}` shows it.
@@ -108,9 +122,9 @@ pub trait TurnLease: Send + Sync {
 
 #[async_trait]
 pub trait ConversationStore: Send + Sync + 'static {
-    /// Waits for the conversation's turn and returns it, creating the conversation if `id` is
-    /// unknown. `None` when the id belongs to another owner. A conversation created here becomes
-    /// visible only when its first turn commits.
+    /// Waits for the conversation's turn (at most `turn_wait`, then [`StoreError::Busy`]) and
+    /// returns it, creating the conversation if `id` is unknown to this owner. A conversation
+    /// created here becomes visible, and counts, only when its first turn commits.
     async fn begin_turn(
         &self,
         owner: &str,

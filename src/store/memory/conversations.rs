@@ -64,6 +64,7 @@ pub struct Inner {
     max_per_key: usize,
     max_messages: usize,
     ttl: Duration,
+    turn_wait: Duration,
 }
 
 /// One key's conversations.
@@ -157,6 +158,7 @@ impl MemoryConversationStore {
                 max_per_key: limits.max_conversations_per_key,
                 max_messages: limits.max_messages,
                 ttl: limits.conversation_ttl,
+                turn_wait: limits.turn_wait,
             }),
         }
     }
@@ -503,7 +505,16 @@ impl ConversationStore for MemoryConversationStore {
             if let Some(guard) = held {
                 break (slot, guard);
             }
-            let guard = Arc::clone(&slot.turn).lock_owned().await;
+            let guard = match Arc::clone(&slot.turn).try_lock_owned() {
+                Ok(guard) => guard,
+                // Busy: wait for it, at most TURN_WAIT_SECS (the timer only when needed).
+                Err(_) => {
+                    let wait = Arc::clone(&slot.turn).lock_owned();
+                    tokio::time::timeout(self.turn_wait, wait)
+                        .await
+                        .map_err(|_| StoreError::busy())?
+                }
+            };
             // Evicted, deleted, or a failed first turn while this turn waited for it: the
             // conversation is gone, and the turn would be committed to nothing. Look the id up
             // again (gone, it starts a new conversation, as it would have a moment later).

@@ -183,7 +183,7 @@ impl ConversationStore for RedisConversationStore {
         let mut c = r.conn.clone();
         let (meta, msgs, lock) = self.keys(owner, id);
         let token = uuid::Uuid::new_v4().to_string();
-        let deadline = tokio::time::Instant::now() + self.settings.turn_wait;
+        let deadline = tokio::time::Instant::now() + self.settings.limits.turn_wait;
         let mut pause = Duration::from_millis(5);
         loop {
             let got: Option<String> = redis::cmd("SET")
@@ -199,9 +199,7 @@ impl ConversationStore for RedisConversationStore {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(StoreError::Unavailable(
-                    "the conversation is busy with another turn; retry later".into(),
-                ));
+                return Err(StoreError::busy());
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(100));

@@ -78,8 +78,6 @@ pub struct RedisSettings {
     pub prefix: String,
     /// The same bounds as the memory store's (all but its bytes), kept exactly across replicas.
     pub limits: StoreLimits,
-    /// How long a turn waits for another turn on the same conversation.
-    pub turn_wait: Duration,
 }
 
 /// One handle to Redis, shared by the conversation, task and rate-limit stores and the queue.
