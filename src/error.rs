@@ -17,12 +17,21 @@ use crate::store::StoreError;
 /// One entry of a 422 body, as FastAPI writes it.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
-    /// Where: `body` or `query`, then the field (FastAPI's `loc`).
-    #[schema(value_type = Vec<Object>)]
+    /// Where: `body`, `query` or `path`, then the field's name or position (FastAPI's `loc`).
+    #[schema(value_type = Vec<LocItem>)]
     pub loc: Vec<Value>,
     pub msg: String,
     #[serde(rename = "type")]
     pub kind: String,
+}
+
+/// One step of a `loc`: a name, or a position (an index, or a JSON syntax error's column).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code, reason = "only its schema is used")]
+pub enum LocItem {
+    Name(String),
+    Position(u64),
 }
 
 impl FieldError {

@@ -25,6 +25,16 @@ pub struct ValidationError {
     pub detail: Vec<FieldError>,
 }
 
+/// One Server-Sent Event as a client's parser sees it: its `data` (JSON text), and its
+/// `event` (`message`, or `error` for a failure after the stream began) and `id`.
+#[derive(Serialize, ToSchema)]
+pub struct SseEvent {
+    pub data: String,
+    pub event: Option<String>,
+    pub id: Option<String>,
+    pub retry: Option<u64>,
+}
+
 /// OpenAI's error object.
 #[derive(Serialize, ToSchema)]
 pub struct OpenAiErrorDetail {
@@ -150,7 +160,7 @@ impl Modify for Security {
         crate::routes::health::ready,
         metrics_doc,
     ),
-    components(schemas(DetailError, ValidationError, OpenAiErrorBody, FieldError, crate::routes::health::Ready)),
+    components(schemas(DetailError, ValidationError, OpenAiErrorBody, FieldError, SseEvent, crate::routes::health::Ready)),
     modifiers(&Security),
     tags(
         (name = "chat", description = "Tutorial-compatible chat, streamed or not"),

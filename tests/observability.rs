@@ -191,3 +191,44 @@ async fn docs_are_served_offline() {
     let (status, _) = app.get("/openapi.json").await;
     assert_eq!(status, 200, "the spec is public");
 }
+
+#[tokio::test]
+async fn openapi_is_true_to_the_server_where_generators_look() {
+    let app = TestApp::echo(|_| {}).await;
+    let (_, spec) = app.get("/openapi.json").await;
+    // The query of GET /chat/stream is a query, not a path.
+    let params = spec["paths"]["/chat/stream"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    assert!(!params.is_empty());
+    assert!(params.iter().all(|p| p["in"] == "query"), "{params:?}");
+    // A 422's loc holds names and positions.
+    let loc = &spec["components"]["schemas"]["LocItem"]["oneOf"];
+    let types: Vec<&str> = loc
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["string", "integer"]);
+    // Every keyed route takes either header, /v1 included.
+    for (path, method) in [
+        ("/v1/chat/completions", "post"),
+        ("/v1/models", "get"),
+        ("/chat", "post"),
+    ] {
+        let schemes: Vec<String> = spec["paths"][path][method]["security"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s.as_object().unwrap().keys().cloned())
+            .collect();
+        assert!(
+            schemes.contains(&"api_key".into()) && schemes.contains(&"bearer".into()),
+            "{path}: {schemes:?}"
+        );
+    }
+    // Streams document their events.
+    let stream = &spec["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"];
+    assert!(stream["text/event-stream"].is_object() && stream["application/json"].is_object());
+}

@@ -42,19 +42,29 @@ pub fn model_error(config: &Config, root: &str, model: &str) -> Option<FieldErro
 /// The body of `POST /chat` and `POST /chat/stream` (and a WebSocket message).
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 pub struct ChatInput {
+    /// At least one non-blank character.
+    #[schema(min_length = 1, pattern = "\\S")]
     pub message: String,
+    /// 1 to 128 of `[A-Za-z0-9_-]`; the caller's own (ids are per key). New when unknown.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
     pub conversation_id: Option<String>,
     #[serde(default)]
     pub system_prompt: Option<String>,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
+    /// 1 to `MAX_OUTPUT_TOKENS` (default 4000).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_tokens: Option<i64>,
     /// Another name for `max_tokens`, as OpenAI calls it now.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<i64>,
+    /// One of `MODELS` (default `CHAT_MODEL`).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
     pub model: Option<String>,
 }
 
@@ -160,13 +170,20 @@ impl ChatInput {
 
 /// The query of `GET /chat/stream`: the same fields, all as text.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ChatQuery {
+    #[param(min_length = 1, pattern = "\\S")]
     pub message: String,
+    #[param(pattern = "^[A-Za-z0-9_-]{1,128}$")]
     pub conversation_id: Option<String>,
     pub system_prompt: Option<String>,
+    #[param(value_type = Option<f64>, minimum = 0, maximum = 2)]
     pub temperature: Option<String>,
+    #[param(value_type = Option<u32>, minimum = 1)]
     pub max_tokens: Option<String>,
+    #[param(value_type = Option<u32>, minimum = 1)]
     pub max_completion_tokens: Option<String>,
+    #[param(min_length = 1, max_length = 256)]
     pub model: Option<String>,
 }
 

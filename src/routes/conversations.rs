@@ -36,7 +36,10 @@ pub struct ConversationList {
 
 /// `?limit=` of the list routes: 1..=1000, default 100.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// How many, newest first (1 to 1000; default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
 }
 

@@ -15,9 +15,11 @@ use crate::state::AppState;
 /// The answer of `GET /health` (fields in alphabetical order, as the JSON has them).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Health {
-    /// Conversations held; `null` when the store does not answer.
+    /// Conversations held; `null` when the store does not answer at once.
     pub active_conversations: Option<u64>,
     pub active_tasks: u64,
+    /// Whether requests need an API key (so that a page can ask for one before calling).
+    pub auth_required: bool,
     pub provider: &'static str,
     /// Always `healthy`: the process answers.
     pub status: &'static str,
@@ -36,6 +38,7 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
     Json(Health {
         active_conversations: active.map(|n| n as u64),
         active_tasks: state.runner.active() as u64,
+        auth_required: state.keys.enabled(),
         provider: state.llm.name(),
         status: "healthy",
         timestamp: Utc::now(),

@@ -18,7 +18,7 @@ use crate::error::{ApiError, FieldError, OpenAiError};
 use crate::extract::AppJson;
 use crate::llm::{ChatRequest, ChunkStream, Messages, content_text, estimate_tokens};
 use crate::middleware::auth::Caller;
-use crate::openapi::OpenAiErrorBody;
+use crate::openapi::{OpenAiErrorBody, SseEvent};
 use crate::routes::stream::sse_response;
 use crate::state::AppState;
 
@@ -63,6 +63,40 @@ pub const OPENAI_REQUEST_FIELDS: &[&str] = &[
     "verbosity",
     "web_search_options",
 ];
+
+/// What `/v1/chat/completions` reads of a request, for the OpenAPI document (the handler reads
+/// the body as JSON and checks it in [`validate`]); every other field of OpenAI's schema is
+/// allowed and forwarded.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, reason = "only its schema is used")]
+pub struct ChatCompletionRequestDoc {
+    /// One of `MODELS` (default `CHAT_MODEL`).
+    #[schema(min_length = 1)]
+    model: Option<String>,
+    #[schema(min_items = 1)]
+    messages: Vec<ChatMessageDoc>,
+    stream: Option<bool>,
+    #[schema(minimum = 0, maximum = 2)]
+    temperature: Option<f64>,
+    /// 1 to `MAX_OUTPUT_TOKENS` (default 4000).
+    #[schema(minimum = 1)]
+    max_tokens: Option<u32>,
+    #[schema(minimum = 1)]
+    max_completion_tokens: Option<u32>,
+    /// Only 1 is served.
+    #[schema(minimum = 1, maximum = 1)]
+    n: Option<u32>,
+}
+
+/// A message of a `/v1` request: its `role`, and any other fields of OpenAI's message shapes.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, reason = "only its schema is used")]
+pub struct ChatMessageDoc {
+    role: String,
+    /// Text, or an array of content parts.
+    #[schema(value_type = Object)]
+    content: Option<serde_json::Value>,
+}
 
 /// Checks the fields this server relies on and the operator's limits (`MODELS`,
 /// `MAX_OUTPUT_TOKENS`, `n`), fills in the model, drops top-level fields that are neither
@@ -168,15 +202,16 @@ fn validate(
 }
 
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
-    request_body(content = Object, description = "OpenAI's chat-completions request; fields not used here pass through unchanged"),
-    responses((status = 200, description = "A `chat.completion`, or with `stream: true` an SSE stream of `chat.completion.chunk`s ending with `data: [DONE]`", body = Object),
+    request_body(content = ChatCompletionRequestDoc, description = "OpenAI's chat-completions request: the fields of OpenAI's published schema pass through to the upstream (others only when named in PASSTHROUGH_FIELDS)"),
+    responses((status = 200, description = "A `chat.completion`, or with `stream: true` an SSE stream of `chat.completion.chunk`s ending with `data: [DONE]`",
+            content((Object = "application/json"), (SseEvent = "text/event-stream"))),
         (status = 400, description = "Invalid request: a bad field, `max_tokens` over `MAX_OUTPUT_TOKENS`, `n` above 1, or a conversation longer than the model's context", body = OpenAiErrorBody),
         (status = 401, body = OpenAiErrorBody),
         (status = 404, description = "`model_not_found`: a model outside `MODELS`", body = OpenAiErrorBody),
         (status = 415, description = "A body whose Content-Type is not JSON", body = OpenAiErrorBody),
         (status = 429, description = "Rate limited, or the key's open streams are at `MAX_STREAMS_PER_KEY`", body = OpenAiErrorBody),
         (status = 502, body = OpenAiErrorBody), (status = 504, body = OpenAiErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn chat_completions(
     State(state): State<AppState>,
     caller: Caller,
@@ -241,7 +276,7 @@ fn openai_events(
 #[utoipa::path(get, path = "/v1/models", tag = "openai",
     responses((status = 200, description = "`{\"object\": \"list\", \"data\": [{\"id\", \"object\": \"model\", ...}]}`", body = Object),
         (status = 401, body = OpenAiErrorBody)),
-    security(("bearer" = [])))]
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn list_models(State(state): State<AppState>) -> Json<Value> {
     let created = chrono::Utc::now().timestamp() - state.started.elapsed().as_secs() as i64;
     let data: Vec<Value> = state

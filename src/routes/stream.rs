@@ -22,12 +22,12 @@ use crate::extract::{AppJson, AppQuery};
 use crate::metrics::GaugeGuard;
 use crate::middleware::auth::Caller;
 use crate::middleware::streams::StreamPermit;
-use crate::openapi::{DetailError, ModelCallErrors};
+use crate::openapi::{DetailError, ModelCallErrors, SseEvent};
 use crate::routes::chat::{ChatInput, ChatQuery};
 use crate::state::AppState;
 
 #[utoipa::path(post, path = "/chat/stream", tag = "chat", request_body = ChatInput,
-    responses((status = 200, description = "Server-Sent Events: `data: {\"content\"}` frames, then `data: {\"done\": true, \"conversation_id\", \"tokens_used\"}`; an error after the first byte is `event: error` with `{\"detail\"}`", content_type = "text/event-stream", body = String),
+    responses((status = 200, description = "Server-Sent Events: `data: {\"content\"}` frames, then `data: {\"done\": true, \"conversation_id\", \"tokens_used\"}`; an error after the first byte is `event: error` with `{\"detail\"}`", content_type = "text/event-stream", body = SseEvent),
         (status = 409, description = "The conversation stayed busy with another turn for TURN_WAIT_SECS (Retry-After set)", body = DetailError),
         ModelCallErrors), security(("api_key" = []), ("bearer" = [])))]
 pub async fn stream_chat(
@@ -40,7 +40,7 @@ pub async fn stream_chat(
 }
 
 #[utoipa::path(get, path = "/chat/stream", tag = "chat", params(ChatQuery),
-    responses((status = 200, description = "The same stream as POST, for a browser's EventSource (`?api_key=` accepted here)", content_type = "text/event-stream", body = String),
+    responses((status = 200, description = "The same stream as POST, for a browser's EventSource (`?api_key=` accepted here)", content_type = "text/event-stream", body = SseEvent),
         (status = 409, description = "The conversation stayed busy with another turn for TURN_WAIT_SECS (Retry-After set)", body = DetailError),
         ModelCallErrors), security(("api_key" = []), ("bearer" = []), ("api_key_query" = [])))]
 pub async fn stream_chat_get(

@@ -19,10 +19,15 @@ use crate::store::{Task, TaskStatus};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateTaskRequest {
+    /// At least one non-blank character.
+    #[schema(min_length = 1, pattern = "\\S")]
     pub prompt: String,
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64, pattern = "\\S")]
     pub task_type: Option<String>,
+    /// One of `MODELS` (default `TASK_MODEL`).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
     pub model: Option<String>,
 }
 

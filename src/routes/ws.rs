@@ -27,7 +27,7 @@ use crate::error::{ApiError, FieldError};
 use crate::metrics::GaugeGuard;
 use crate::middleware::auth::Caller;
 use crate::middleware::rate_limit::ClientIp;
-use crate::openapi::DetailError;
+use crate::openapi::{DetailError, ValidationError};
 use crate::routes::chat::{ChatInput, valid_id};
 use crate::state::AppState;
 
@@ -70,7 +70,12 @@ impl SocketRegistry {
 
 #[utoipa::path(get, path = "/ws/{client_id}", tag = "chat", params(("client_id" = String, Path)),
     description = "WebSocket chat. In: `{\"message\", \"conversation_id\"?, \"system_prompt\"?}` or `{\"type\": \"cancel\"}`. Out: `{\"content\"}` frames, then `{\"done\": true, \"conversation_id\", \"tokens_used\"}`; `{\"error\"}` on a bad frame or failure (the socket stays open). Close codes: 1000 idle, 1001 shutdown, 4000 replaced.",
-    responses((status = 101, description = "Switching protocols"), (status = 400, body = DetailError), (status = 401, body = DetailError)),
+    responses((status = 101, description = "Switching protocols"),
+        (status = 400, description = "Not a WebSocket upgrade", body = DetailError),
+        (status = 401, body = DetailError),
+        (status = 403, description = "No keys are configured and the Host is not a loopback name", body = DetailError),
+        (status = 422, description = "A `client_id` that is not 1 to 128 of `[A-Za-z0-9_-]`", body = ValidationError),
+        (status = 429, description = "Rate limited, or the key's streams are at MAX_STREAMS_PER_KEY", body = DetailError)),
     security(("api_key" = []), ("bearer" = []), ("api_key_query" = [])))]
 pub async fn connect(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,

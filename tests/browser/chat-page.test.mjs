@@ -38,6 +38,26 @@ after(async () => {
   server?.kill("SIGTERM");
 });
 
+test("the page makes no failing request on load, and asks for the key", async () => {
+  const page = await browser.newPage();
+  const failed = [];
+  const consoleErrors = [];
+  page.on("response", (r) => { if (r.status() >= 400) failed.push(r.status() + " " + r.url()); });
+  page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text() + " " + m.location().url); });
+  await page.goto(base + "/");
+  await page.waitForFunction(() => document.querySelector("#conv").textContent.includes("API key"));
+  await page.waitForTimeout(300);
+  assert.deepEqual(failed, []);
+  assert.deepEqual(consoleErrors, []);
+  // With the key, the models load (one request, answered 200).
+  const models = page.waitForResponse((r) => r.url().endsWith("/v1/models"));
+  await page.fill("#key", KEY);
+  await page.dispatchEvent("#key", "change");
+  assert.equal((await models).status(), 200);
+  assert.ok(await page.locator("#model option").count() > 1);
+  await page.close();
+});
+
 test("a person types a message and sees the streamed answer", async () => {
   const page = await browser.newPage();
   const external = [];
