@@ -15,7 +15,9 @@ use crate::middleware::auth::KeyRing;
 use crate::middleware::rate_limit::RateLimiter;
 use crate::middleware::streams::{StreamPermit, StreamQuota};
 use crate::routes::ws::SocketRegistry;
-use crate::store::redis::{RedisQueue, RedisRateLimiter, RedisSettings, RedisStores};
+use crate::store::redis::{
+    RedisQueue, RedisRateLimiter, RedisSettings, RedisStores, RedisStreams,
+};
 use crate::store::{ConversationStore, StoreError, StoreLimits, TaskStore, memory};
 
 /// Cloned into every request and every layer: one `Arc`, so a clone is one atomic increment
@@ -75,6 +77,7 @@ struct Stores {
     conversations: Arc<dyn ConversationStore>,
     tasks: Arc<dyn TaskStore>,
     limiter: Option<Arc<RedisRateLimiter>>,
+    streams: Option<Arc<RedisStreams>>,
     queue: Option<Arc<RedisQueue>>,
 }
 
@@ -87,6 +90,7 @@ impl Stores {
                     conversations: Arc::new(conversations),
                     tasks: Arc::new(tasks),
                     limiter: None,
+                    streams: None,
                     queue: None,
                 })
             }
@@ -103,6 +107,7 @@ impl Stores {
                     conversations: redis.conversations,
                     tasks: redis.tasks,
                     limiter: Some(redis.limiter),
+                    streams: Some(redis.streams),
                     queue: Some(redis.queue),
                 })
             }
@@ -114,11 +119,14 @@ impl AppState {
     /// A stream's place under `MAX_STREAMS_PER_KEY`, taken before the model is called. Only
     /// callers with a key are counted: with no keys configured (loopback only) there is no key
     /// to share among.
-    pub fn open_stream(&self, owner: &str) -> Result<Option<StreamPermit>, crate::error::ApiError> {
+    pub async fn open_stream(
+        &self,
+        owner: &str,
+    ) -> Result<Option<StreamPermit>, crate::error::ApiError> {
         if !self.keys.enabled() {
             return Ok(None);
         }
-        self.streams.acquire(owner).map(Some)
+        self.streams.acquire(owner).await.map(Some)
     }
 
     /// The production state for `config`.
@@ -168,7 +176,7 @@ impl AppStateBuilder {
             None => RateLimiter::new(&config),
         };
         let (conversations, tasks) = (stores.conversations, stores.tasks);
-        let streams = StreamQuota::new(config.max_streams_per_key);
+        let streams = StreamQuota::new(config.max_streams_per_key, stores.streams.clone());
         let state = AppState(Arc::new(Shared {
             keys: Arc::new(KeyRing::new(&config.api_keys)),
             limiter: Arc::new(limiter),
@@ -224,6 +232,17 @@ impl AppState {
                 state.conversations.sweep().await;
                 state.tasks.sweep().await;
                 state.limiter.sweep();
+            }
+        });
+        // With Redis: the leases of this replica's open streams (MAX_STREAMS_PER_KEY).
+        let state = self.clone();
+        self.runner.spawn_until_shutdown(async move {
+            let every = crate::store::redis::streams::STREAM_LEASE / 3;
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                state.streams.renew().await;
             }
         });
     }

@@ -430,3 +430,50 @@ async fn per_key_conversation_quotas_are_exact_across_replicas() {
         "bob lost nothing"
     );
 }
+
+#[tokio::test]
+async fn the_per_key_stream_quota_is_exact_across_replicas() {
+    let fake = FakeOpenAi::start().await;
+    fake.set(|b| b.first_chunk_delay = Duration::from_secs(30));
+    let p = pair(
+        &fake,
+        &prefix(),
+        &[
+            ("API_KEYS", "alice=key-a,bob=key-b"),
+            ("RATE_LIMIT_PER_MINUTE", "1000000"),
+            ("RATE_LIMIT_BURST", "1000000"),
+            ("MAX_STREAMS_PER_KEY", "2"),
+        ],
+    );
+    let open = |url: &str, key: &str| {
+        let req = common::client()
+            .post(format!("{url}/chat/stream"))
+            .header("x-forwarded-for", "10.7.3.1")
+            .header("x-api-key", key)
+            .json(&json!({"message": "hold"}));
+        async move { req.send().await.unwrap() }
+    };
+    // One stream held on each replica: the key's two.
+    let a = open(&p.a.url, "key-a").await;
+    assert_eq!(a.status(), 200);
+    let b = open(&p.b.url, "key-a").await;
+    assert_eq!(b.status(), 200);
+    for url in [&p.a.url, &p.b.url] {
+        let refused = open(url, "key-a").await;
+        assert_eq!(refused.status(), 429, "a third stream of the key, anywhere");
+        assert!(refused.headers().contains_key("retry-after"));
+    }
+    assert_eq!(open(&p.b.url, "key-b").await.status(), 200, "another key streams");
+    // The key's place comes back, on the other replica too, when a stream ends.
+    drop(a);
+    let mut ok = false;
+    for _ in 0..100 {
+        if open(&p.b.url, "key-a").await.status() == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the ended stream's place was not given back");
+    drop(b);
+}

@@ -233,7 +233,7 @@ pub async fn chat_completions(
         let json = HeaderValue::from_static("application/json");
         return Ok(([(header::CONTENT_TYPE, json)], completion.raw).into_response());
     }
-    let permit = state.open_stream(&caller.owner)?;
+    let permit = state.open_stream(&caller.owner).await?;
     let chunks = state.llm.stream(request).await.map_err(ApiError::from)?;
     Ok(sse_response(
         &state,

@@ -53,7 +53,7 @@ pub async fn stream_chat_get(
 }
 
 async fn start(state: AppState, caller: Caller, turn: ChatTurn) -> Result<Response, ApiError> {
-    let permit = state.open_stream(&caller.owner)?;
+    let permit = state.open_stream(&caller.owner).await?;
     let (_, events) = agent::stream_turn(
         state.llm.as_ref(),
         state.conversations.as_ref(),

@@ -101,7 +101,7 @@ pub async fn connect(
         }
     };
     // The socket is a stream of its key for as long as it is open.
-    let permit = match state.open_stream(&caller.owner) {
+    let permit = match state.open_stream(&caller.owner).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };

@@ -1,7 +1,8 @@
 //! Redis implementations of the store traits, so that many replicas act as one server.
 //!
-//! - [`conversations`], [`tasks`], [`limiter`] (rate-limit buckets) and [`queue`] (the shared
-//!   task queue), on one [`Redis`] handle; their Lua scripts are in `scripts/`.
+//! - [`conversations`], [`tasks`], [`limiter`] (rate-limit buckets), [`streams`] (open streams
+//!   per key) and [`queue`] (the shared task queue), on one [`Redis`] handle; their Lua scripts
+//!   are in `scripts/`.
 //!
 //! Keys (all under `STORE_PREFIX`; key names and conversation ids hold no `:`):
 //! - `conv:{owner}:{id}` (hash: owner, created_at, updated_at), `conv:{owner}:{id}:msgs` (list
@@ -11,7 +12,8 @@
 //! - `task:{id}` (the task as JSON), `owner:{owner}:tasks` and `tasks` (sorted sets);
 //! - `tasks:queue` (a stream with the consumer group `workers`: the shared task queue) and
 //!   the pub/sub channel `tasks:cancel`;
-//! - `rl:{bucket}` (the GCRA theoretical arrival time of a rate-limit bucket).
+//! - `rl:{bucket}` (the GCRA theoretical arrival time of a rate-limit bucket);
+//! - `streams:{owner}` (sorted set of a key's open streams, by the end of their lease).
 //!
 //! Turns on a conversation are serialized across replicas by a lease lock with a random token,
 //! renewed while the turn runs; the commit is a Lua script that checks the token (fencing), so
@@ -25,6 +27,7 @@
 pub mod conversations;
 pub mod limiter;
 pub mod queue;
+pub mod streams;
 pub mod tasks;
 
 use std::sync::Arc;
@@ -37,6 +40,7 @@ use tokio::task::JoinHandle;
 pub use conversations::RedisConversationStore;
 pub use limiter::RedisRateLimiter;
 pub use queue::{QueueEntry, RedisQueue};
+pub use streams::RedisStreams;
 pub use tasks::RedisTaskStore;
 
 use super::{StoreError, StoreLimits};
@@ -143,6 +147,7 @@ pub struct RedisStores {
     pub conversations: Arc<RedisConversationStore>,
     pub tasks: Arc<RedisTaskStore>,
     pub limiter: Arc<RedisRateLimiter>,
+    pub streams: Arc<RedisStreams>,
     pub queue: Arc<RedisQueue>,
 }
 
@@ -153,6 +158,7 @@ impl RedisStores {
             conversations: Arc::new(RedisConversationStore::new(redis.clone(), settings.clone())),
             tasks: Arc::new(RedisTaskStore::new(redis.clone(), settings.limits.clone())),
             limiter: Arc::new(RedisRateLimiter::new(redis.clone())),
+            streams: Arc::new(RedisStreams::new(redis.clone())),
             queue: Arc::new(RedisQueue::new(redis, task_lease)?),
         })
     }
