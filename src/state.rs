@@ -15,9 +15,7 @@ use crate::middleware::auth::KeyRing;
 use crate::middleware::rate_limit::RateLimiter;
 use crate::middleware::streams::{StreamPermit, StreamQuota};
 use crate::routes::ws::SocketRegistry;
-use crate::store::redis::{
-    RedisQueue, RedisRateLimiter, RedisSettings, RedisStores, RedisStreams,
-};
+use crate::store::redis::{RedisQueue, RedisRateLimiter, RedisSettings, RedisStores, RedisStreams};
 use crate::store::{ConversationStore, StoreError, StoreLimits, TaskStore, memory};
 
 /// Cloned into every request and every layer: one `Arc`, so a clone is one atomic increment

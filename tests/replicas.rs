@@ -463,7 +463,11 @@ async fn the_per_key_stream_quota_is_exact_across_replicas() {
         assert_eq!(refused.status(), 429, "a third stream of the key, anywhere");
         assert!(refused.headers().contains_key("retry-after"));
     }
-    assert_eq!(open(&p.b.url, "key-b").await.status(), 200, "another key streams");
+    assert_eq!(
+        open(&p.b.url, "key-b").await.status(),
+        200,
+        "another key streams"
+    );
     // The key's place comes back, on the other replica too, when a stream ends.
     drop(a);
     let mut ok = false;

@@ -51,7 +51,7 @@ pub fn apply(router: Router<AppState>, state: &AppState) -> Router {
                 .layer(from_fn_with_state(state.clone(), observe))
                 .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
                 .layer(from_fn_with_state(gate, admit))
-                .layer(cors(state)),
+                .option_layer(cors(state)),
         )
         .with_state(state.clone())
 }
@@ -81,7 +81,15 @@ fn cors_headers(state: &AppState, origin: Option<&HeaderValue>, res: &mut Respon
     );
 }
 
-fn cors(state: &AppState) -> CorsLayer {
+/// The CORS layer, when `CORS_ORIGINS` names any origin. Without origins it would allow none,
+/// and a preflight then gets the router's 405 instead of an answer without
+/// `Access-Control-Allow-Origin`: to a browser, the same refusal. (Left out, it is not cloned
+/// into every request: each `from_fn` layer outside it clones the stack it wraps, and the layer's
+/// header lists are `Vec`s.)
+fn cors(state: &AppState) -> Option<CorsLayer> {
+    if state.config.cors_origins.is_empty() {
+        return None;
+    }
     let origins: Vec<HeaderValue> = state
         .config
         .cors_origins
@@ -93,7 +101,7 @@ fn cors(state: &AppState) -> CorsLayer {
     } else {
         AllowOrigin::list(origins)
     };
-    CorsLayer::new()
+    let layer = CorsLayer::new()
         .allow_origin(allow)
         .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
         .allow_headers([
@@ -108,7 +116,8 @@ fn cors(state: &AppState) -> CorsLayer {
             rate_limit::RATELIMIT_LIMIT,
             rate_limit::RATELIMIT_REMAINING,
             rate_limit::RATELIMIT_RESET,
-        ])
+        ]);
+    Some(layer)
 }
 
 /// Metrics for every request, and one span per request with its id and one log line when it

@@ -254,6 +254,19 @@ impl Inner {
         }
     }
 
+    /// The key that holds the most (by count or bytes), if any holds anything.
+    fn biggest_owner(&self, over: Over) -> Option<Arc<Owner>> {
+        let held = |o: &Owner| match over {
+            Over::Count => o.count.load(Ordering::Relaxed),
+            Over::Bytes => o.bytes.load(Ordering::Relaxed),
+        };
+        self.owners
+            .iter()
+            .filter(|o| held(o.value()) > 0)
+            .max_by_key(|o| held(o.value()))
+            .map(|o| Arc::clone(o.value()))
+    }
+
     /// The keys in the order they give up conversations when the whole store is full: the one
     /// that holds the most (by count or bytes, whichever bound is reached) first.
     fn biggest_owners(&self, over: Over) -> Vec<Arc<Owner>> {
@@ -283,7 +296,10 @@ impl Inner {
                 self.max_per_key
             )));
         }
+        // Room anywhere will do: the creator's own idle conversation is checked first (the
+        // usual case, without listing the keys).
         if let Some(over) = self.full(1)
+            && !Self::has_idle(owner)
             && !self.biggest_owners(over).iter().any(|o| Self::has_idle(o))
         {
             return Err(StoreError::Full(format!(
@@ -305,6 +321,13 @@ impl Inner {
             }
         }
         'outer: while let Some(over) = self.full(adding) {
+            // The key that holds the most, found in one pass; the others in order only when it
+            // has nothing idle.
+            if let Some(biggest) = self.biggest_owner(over)
+                && self.evict_one(&biggest)
+            {
+                continue;
+            }
             for victim in self.biggest_owners(over) {
                 if self.evict_one(&victim) {
                     continue 'outer;
