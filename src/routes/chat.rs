@@ -144,6 +144,16 @@ impl ChatInput {
                 "value_out_of_range",
             );
         }
+        // Both given: the other name must be valid too, though `max_tokens` wins.
+        if let (Some(_), Some(n)) = (self.max_tokens, self.max_completion_tokens)
+            && !(1..=limit).contains(&n)
+        {
+            err(
+                "max_completion_tokens",
+                format!("Input should be between 1 and {limit}"),
+                "value_out_of_range",
+            );
+        }
         if let Some(e) = self
             .model
             .as_deref()
@@ -297,6 +307,13 @@ mod tests {
             ..msg("")
         };
         assert_eq!(check(i).len(), 2);
+        // Both names given: max_tokens is used, and the other must be valid too.
+        let i = ChatInput {
+            max_tokens: Some(10),
+            max_completion_tokens: Some(-3),
+            ..msg("hi")
+        };
+        assert_eq!(check(i), vec!["\"max_completion_tokens\""]);
     }
 
     #[test]

@@ -93,8 +93,7 @@ pub struct ChatCompletionRequestDoc {
 #[allow(dead_code, reason = "only its schema is used")]
 pub struct ChatMessageDoc {
     role: String,
-    /// Text, or an array of content parts.
-    #[schema(value_type = Object)]
+    /// Text, or an array of content parts; absent or null on an assistant's tool calls.
     content: Option<serde_json::Value>,
 }
 

@@ -31,6 +31,7 @@ rm -f "$spec"
 "$venv/bin/schemathesis" run "$base/openapi.json" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection \
   --header "X-API-Key: fuzz-key" \
+  --header "Authorization: Bearer fuzz-key" \
   --max-time "${SCHEMATHESIS_SECS:-150}" \
   --request-timeout 10 \
   --seed "${SCHEMATHESIS_SEED:-1}" \
