@@ -73,12 +73,22 @@ fn cors_headers(state: &AppState, origin: Option<&HeaderValue>, res: &mut Respon
     };
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
     headers.insert(header::VARY, HeaderValue::from_static("origin"));
-    headers.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static(
-            "x-request-id,retry-after,ratelimit-limit,ratelimit-remaining,ratelimit-reset",
-        ),
-    );
+    let names = exposed_headers();
+    let exposed: Vec<&str> = names.iter().map(HeaderName::as_str).collect();
+    if let Ok(exposed) = HeaderValue::from_str(&exposed.join(",")) {
+        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, exposed);
+    }
+}
+
+/// The headers a page on an allowed origin may read: the CORS layer's list and the refusals'.
+fn exposed_headers() -> [HeaderName; 5] {
+    [
+        X_REQUEST_ID.clone(),
+        header::RETRY_AFTER,
+        rate_limit::RATELIMIT_LIMIT,
+        rate_limit::RATELIMIT_REMAINING,
+        rate_limit::RATELIMIT_RESET,
+    ]
 }
 
 /// The CORS layer, when `CORS_ORIGINS` names any origin. Without origins it would allow none,
@@ -110,13 +120,7 @@ fn cors(state: &AppState) -> Option<CorsLayer> {
             HeaderName::from_static("x-api-key"),
             X_REQUEST_ID.clone(),
         ])
-        .expose_headers([
-            X_REQUEST_ID.clone(),
-            header::RETRY_AFTER,
-            rate_limit::RATELIMIT_LIMIT,
-            rate_limit::RATELIMIT_REMAINING,
-            rate_limit::RATELIMIT_RESET,
-        ]);
+        .expose_headers(exposed_headers());
     Some(layer)
 }
 
@@ -178,7 +182,12 @@ struct Gate {
 /// ([`auth::loopback_host`]); the per-IP rate limit ([`rate_limit::admit`]); the API key
 /// ([`auth::admit`]); and, for a request with a valid key, the per-key rate limit.
 async fn admit(State(gate): State<Gate>, req: Request, next: Next) -> Response {
-    let origin = req.headers().get(header::ORIGIN).cloned();
+    // Read only when a refusal could need it (CORS configured), not on every request.
+    let origin = if gate.state.config.cors_origins.is_empty() {
+        None
+    } else {
+        req.headers().get(header::ORIGIN).cloned()
+    };
     let path = req.uri().path().to_owned();
     match admit_inner(&gate, req, next, &path).await {
         Ok(res) => res,

@@ -99,10 +99,10 @@ impl RateLimiter {
     pub async fn check(&self, ip: IpAddr, key: Option<&str>) -> Result<Decision, StoreError> {
         let ip_decision = self.check_ip(ip).await?;
         match key {
-            Some(key) if ip_decision.allowed => Ok(match self.check_key(key).await? {
-                Some(d) if d.remaining <= ip_decision.remaining || !d.allowed => d,
-                _ => ip_decision,
-            }),
+            Some(key) if ip_decision.allowed => {
+                let key_decision = self.check_key(key).await?;
+                Ok(tighter(Some(ip_decision), key_decision).unwrap_or(ip_decision))
+            }
             _ => Ok(ip_decision),
         }
     }
@@ -327,10 +327,11 @@ fn refuse_unless_allowed(
     Err(res)
 }
 
-/// Of the per-IP and the per-key decision, the one with fewer requests left.
+/// Of the per-IP and the per-key decision, the one that refuses, else the one with fewer
+/// requests left.
 pub fn tighter(ip: Option<Decision>, key: Option<Decision>) -> Option<Decision> {
     match (ip, key) {
-        (Some(i), Some(k)) => Some(if k.remaining <= i.remaining { k } else { i }),
+        (Some(i), Some(k)) if !k.allowed || k.remaining <= i.remaining => Some(k),
         (i, k) => i.or(k),
     }
 }

@@ -1,15 +1,15 @@
 //! `GET /health` (liveness, never needs a key) and `GET /ready` (503 until the store and the
 //! provider answer).
 
+use std::time::{Duration, Instant};
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use std::time::{Duration, Instant};
 
 use crate::openapi::DetailError;
-
 use crate::state::AppState;
 
 /// The answer of `GET /health` (fields in alphabetical order, as the JSON has them).

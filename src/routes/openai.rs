@@ -24,6 +24,7 @@ use crate::state::AppState;
 
 /// The top-level fields of OpenAI's published `CreateChatCompletionRequest` schema: these are
 /// forwarded to the upstream; any other field is dropped unless `PASSTHROUGH_FIELDS` names it.
+/// Sorted: looked up by binary search for every field of every request.
 pub const OPENAI_REQUEST_FIELDS: &[&str] = &[
     "audio",
     "frequency_penalty",
@@ -176,7 +177,7 @@ fn validate(
         return Err(ApiError::ModelNotFound(m.clone()));
     }
     body.retain(|field, _| {
-        OPENAI_REQUEST_FIELDS.contains(&field.as_str())
+        OPENAI_REQUEST_FIELDS.binary_search(&field.as_str()).is_ok()
             || config.passthrough_fields.iter().any(|f| f == field)
     });
     let wants_usage = body
@@ -285,4 +286,14 @@ pub async fn list_models(State(state): State<AppState>) -> Json<Value> {
         .map(|id| json!({"id": id, "object": "model", "created": created, "owned_by": "agent-api"}))
         .collect();
     Json(json!({"object": "list", "data": data}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OPENAI_REQUEST_FIELDS;
+
+    #[test]
+    fn the_request_fields_are_sorted_for_binary_search() {
+        assert!(OPENAI_REQUEST_FIELDS.windows(2).all(|w| w[0] < w[1]));
+    }
 }

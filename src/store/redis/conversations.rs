@@ -40,16 +40,15 @@ impl RedisConversationStore {
         let meta = self.redis.key(&["conv", owner, id]);
         (meta.clone(), format!("{meta}:msgs"), format!("{meta}:lock"))
     }
+}
 
-    /// The four arguments `room.lua` reads first.
-    fn room_args(&self, script: &mut redis::ScriptInvocation<'_>, owner: &str) {
-        let limits = &self.settings.limits;
-        script
-            .arg(&self.redis.prefix)
-            .arg(owner)
-            .arg(limits.max_conversations_per_key)
-            .arg(limits.max_conversations);
-    }
+/// The four arguments `room.lua` reads first (both scripts that include it).
+fn room_args(script: &mut redis::ScriptInvocation<'_>, r: &Redis, s: &RedisSettings, owner: &str) {
+    script
+        .arg(&r.prefix)
+        .arg(owner)
+        .arg(s.limits.max_conversations_per_key)
+        .arg(s.limits.max_conversations);
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -138,11 +137,9 @@ impl TurnLease for RedisTurn {
             .key(&meta)
             .key(format!("{meta}:msgs"))
             .key(format!("{meta}:lock"))
-            .key(r.key(&["owner", &self.owner, "convs"]))
-            .arg(&r.prefix)
-            .arg(&self.owner)
-            .arg(self.settings.limits.max_conversations_per_key)
-            .arg(self.settings.limits.max_conversations)
+            .key(r.key(&["owner", &self.owner, "convs"]));
+        room_args(&mut script, r, &self.settings, &self.owner);
+        script
             .arg(&self.token)
             .arg(&now)
             .arg(self.settings.limits.conversation_ttl.as_millis() as u64)
@@ -242,7 +239,7 @@ impl ConversationStore for RedisConversationStore {
             // A new conversation: refuse it now, before the model is called, if no room could
             // be made at its commit.
             let mut check = CHECK.prepare_invoke();
-            self.room_args(&mut check, owner);
+            room_args(&mut check, r, &self.settings, owner);
             let refused: Option<String> = check.invoke_async(&mut c).await.map_err(unavailable)?;
             match refused.as_deref() {
                 Some("QUOTA") => {
