@@ -19,9 +19,10 @@
 //! The response is read as RFC 9112 says: `Transfer-Encoding: chunked`, `Content-Length`, or to
 //! the end of the connection; interim 1xx answers are skipped; a head may not exceed
 //! [`MAX_HEAD_BYTES`] or [`MAX_HEADERS`] headers. A connection goes back to the pool only when
-//! its body was read to the end and nothing followed it. A request that finds its pooled
-//! connection closed before any byte of an answer came back is sent once more on a new one (the
-//! upstream closed an idle connection just as it was taken); no other request is ever repeated.
+//! its body was read to the end and nothing followed it. A request whose pooled connection
+//! refused the write (the upstream had closed it while idle, just as it was taken) is sent once
+//! more on a new one. A request written in full is never sent again, whatever happens next: the
+//! upstream may have read it and be running the prompt, and a second copy would run it twice.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -368,7 +369,8 @@ struct Head {
 }
 
 enum Failure {
-    /// Nothing came back: the connection was closed (or reset) before any byte of an answer.
+    /// The request could not be written: the connection was closed (or reset) before the
+    /// upstream could have read it. Only this may be retried, and only on a pooled connection.
     Stale(HttpError),
     Other(HttpError),
 }
@@ -395,10 +397,10 @@ async fn exchange(conn: &mut Conn, request: &[u8]) -> Result<Head, Failure> {
         }
         match conn.fill().await {
             Ok(0) if answered => return Err(Failure::Other(HttpError::ClosedEarly)),
-            Ok(0) => return Err(Failure::Stale(HttpError::ClosedBeforeAnswer)),
+            Ok(0) => return Err(Failure::Other(HttpError::ClosedBeforeAnswer)),
             Ok(_) => {}
-            Err(e) if answered => return Err(Failure::Other(e.into())),
-            Err(e) => return Err(Failure::Stale(e.into())),
+            // Written in full: whatever breaks now, the request is not sent again.
+            Err(e) => return Err(Failure::Other(e.into())),
         }
     }
 }
@@ -1028,9 +1030,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn closed_pooled_connection_is_replaced_and_the_request_sent_once_more() {
+    async fn a_request_read_in_full_by_a_pooled_connection_that_then_closes_is_sent_once() {
         let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-        // The first connection answers once, then closes when the second request arrives.
+        // The first connection answers once, then reads the second request whole and closes:
+        // the upstream may be running that prompt, so it must not be sent again.
         let (uri, accepted) = raw_server(vec![
             vec![Step::Answer(ok), Step::Close],
             vec![Step::Answer(ok)],
@@ -1038,6 +1041,35 @@ mod tests {
         .await;
         let c = client(&uri);
         assert_eq!(body_text(c.post(b"1").await.unwrap()).await, "ok");
+        assert!(matches!(
+            c.post(b"2").await,
+            Err(HttpError::ClosedBeforeAnswer | HttpError::Io(_))
+        ));
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // The next request takes a new connection.
+        assert_eq!(body_text(c.post(b"3").await.unwrap()).await, "ok");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_that_refuses_the_write_is_replaced() {
+        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let (uri, accepted) =
+            raw_server(vec![vec![Step::Answer(ok)], vec![Step::Answer(ok)]]).await;
+        let c = client(&uri);
+        assert_eq!(body_text(c.post(b"1").await.unwrap()).await, "ok");
+        // Shut the pooled connection's write side from our end: the next write fails before
+        // the upstream could read a byte, so the request goes out once more on a new one.
+        {
+            let mut idle = c.pool.idle();
+            let (conn, _) = idle.front_mut().unwrap();
+            let io = conn.io.inner_mut();
+            if let MaybeHttpsStream::Http(tcp) = io {
+                let std = tcp.inner_mut();
+                let sock = socket2::SockRef::from(&*std);
+                sock.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+        }
         assert_eq!(body_text(c.post(b"2").await.unwrap()).await, "ok");
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     }

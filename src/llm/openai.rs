@@ -254,10 +254,21 @@ impl LlmProvider for OpenAiProvider {
         let key = self.key.clone();
         // `[DONE]` ends the stream; the body's end after it is read so that the connection
         // goes back to the pool.
+        // A streamed answer is bounded like a unary one: at most MAX_COMPLETION_BYTES of events.
+        let mut read = 0usize;
         let chunks = sse::events(response.body, "[DONE]").filter_map(move |event| {
             ready(match event {
                 Ok(e) if e.event == "keepalive" => None,
-                Ok(e) => Some(ChatChunk::parse(e.data)),
+                Ok(e) if read + e.data.len() > MAX_COMPLETION_BYTES => {
+                    read = usize::MAX / 2;
+                    Some(Err(LlmError::BadResponse(format!(
+                        "the streamed completion is larger than {MAX_COMPLETION_BYTES} bytes"
+                    ))))
+                }
+                Ok(e) => {
+                    read += e.data.len();
+                    Some(ChatChunk::parse(e.data))
+                }
                 Err(e) => Some(Err(LlmError::BadResponse(scrub(
                     e.to_string(),
                     key.as_ref(),

@@ -33,6 +33,9 @@ pub enum SseError {
 #[derive(Debug, Default)]
 pub struct SseParser {
     buf: BytesMut,
+    /// How much of `buf` is known to hold no line end: a line fed one byte at a time is scanned
+    /// once in all, not once per byte.
+    scanned: usize,
     event: String,
     data: String,
     has_data: bool,
@@ -48,11 +51,18 @@ impl SseParser {
     /// The next complete event in what was fed, if any.
     pub fn next_event(&mut self) -> Result<Option<SseEvent>, SseError> {
         loop {
-            if self.after_cr && self.buf.first() == Some(&b'\n') {
-                self.buf.advance(1);
+            // A `\r` that ended the last piece: a `\n` may still come to complete it.
+            if self.after_cr && !self.buf.is_empty() {
+                if self.buf[0] == b'\n' {
+                    self.buf.advance(1);
+                }
+                self.after_cr = false;
             }
-            self.after_cr = false;
-            let Some(end) = self.buf.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let found = self.buf[self.scanned..]
+                .iter()
+                .position(|&b| b == b'\n' || b == b'\r');
+            let Some(end) = found.map(|i| self.scanned + i) else {
+                self.scanned = self.buf.len();
                 if self.buf.len() + self.data.len() > MAX_EVENT_BYTES {
                     return Err(SseError::TooLarge);
                 }
@@ -63,6 +73,7 @@ impl SseParser {
                 return Ok(None);
             };
             self.after_cr = self.buf[end] == b'\r';
+            self.scanned = 0;
             let line = self.buf.split_to(end + 1);
             let line = std::str::from_utf8(&line[..end]).map_err(|_| SseError::NotUtf8)?;
             if line.is_empty() {
@@ -158,6 +169,28 @@ mod tests {
             }
         }
         Ok(out)
+    }
+
+    #[test]
+    fn a_line_fed_byte_by_byte_is_scanned_once_and_crlf_may_split() {
+        let mut p = SseParser::default();
+        for (i, b) in b"data: ".iter().chain(&[b'x'; 10_000]).enumerate() {
+            p.feed(&[*b]);
+            assert_eq!(p.next_event(), Ok(None));
+            // Only the new byte was looked at: what was scanned is remembered.
+            assert_eq!(p.scanned, i + 1);
+        }
+        p.feed(b"\r");
+        assert_eq!(p.next_event(), Ok(None));
+        p.feed(b"\n");
+        assert_eq!(
+            p.next_event(),
+            Ok(None),
+            "the \\n completes the \\r: not an empty line"
+        );
+        p.feed(b"data: y\r\n\r\n");
+        let e = p.next_event().unwrap().unwrap();
+        assert_eq!(e.data, format!("{}\ny", "x".repeat(10_000)));
     }
 
     fn data(d: &str) -> SseEvent {
