@@ -93,7 +93,7 @@ pub struct ConfigError {
 /// | `REQUEST_TIMEOUT_SECS` | `120` (non-streaming requests) |
 /// | `SHUTDOWN_GRACE_SECS` | `30` |
 /// | `MAX_CONVERSATIONS` / `MAX_MESSAGES_PER_CONVERSATION` / `CONVERSATION_TTL_SECS` | `10000` / `200` / `86400` |
-/// | `TURN_WAIT_SECS` | `30` (then 409) |
+/// | `TURN_WAIT_SECS` / `TURN_TIMEOUT_SECS` / `STREAM_WRITE_TIMEOUT_SECS` | `30` (then 409) / `600` (then 504) / `30` |
 /// | `MAX_CONVERSATIONS_PER_KEY` / `MAX_TASKS_PER_KEY` / `MAX_STREAMS_PER_KEY` / `MAX_STORE_MIB` | `1000` / `100` / `64` / `512` |
 /// | `TASK_CONCURRENCY` / `TASK_QUEUE_SIZE` / `TASK_TIMEOUT_SECS` / `TASK_TTL_SECS` / `MAX_TASKS` | `4` / `100` / `300` / `3600` / `10000` |
 /// | `SSE_KEEPALIVE_SECS` | `15` |
@@ -140,6 +140,11 @@ pub struct Config {
     pub max_conversations: usize,
     /// `TURN_WAIT_SECS`: how long a turn waits for a busy conversation (then 409).
     pub turn_wait: Duration,
+    /// `TURN_TIMEOUT_SECS`: a whole turn, every model call in it (then 504).
+    pub turn_timeout: Duration,
+    /// `STREAM_WRITE_TIMEOUT_SECS`: a client that takes no bytes for this long is disconnected,
+    /// and a streamed turn whose client takes no frame for this long is cancelled.
+    pub stream_write_timeout: Duration,
     pub max_conversations_per_key: usize,
     pub max_tasks_per_key: usize,
     pub max_streams_per_key: usize,
@@ -365,6 +370,8 @@ impl Config {
             shutdown_grace: secs(&get, "SHUTDOWN_GRACE_SECS", 30)?,
             max_conversations: count(&get, "MAX_CONVERSATIONS", 10_000)?,
             turn_wait: secs(&get, "TURN_WAIT_SECS", 30)?,
+            turn_timeout: secs(&get, "TURN_TIMEOUT_SECS", 600)?,
+            stream_write_timeout: secs(&get, "STREAM_WRITE_TIMEOUT_SECS", 30)?,
             max_conversations_per_key: count(&get, "MAX_CONVERSATIONS_PER_KEY", 1000)?,
             max_tasks_per_key: count(&get, "MAX_TASKS_PER_KEY", 100)?,
             max_streams_per_key: count(&get, "MAX_STREAMS_PER_KEY", 64)?,

@@ -107,6 +107,7 @@ impl ApiError {
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Quota { .. } | Self::Store(StoreError::Quota(_)) => StatusCode::TOO_MANY_REQUESTS,
             Self::Store(StoreError::Busy(_)) => StatusCode::CONFLICT,
+            Self::Store(StoreError::Deleted(_)) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Upstream(e) => match e {
@@ -137,6 +138,7 @@ impl ApiError {
             Self::BodyTimeout(_) => "body_timeout",
             Self::Quota { .. } | Self::Store(StoreError::Quota(_)) => "quota_exceeded",
             Self::Store(StoreError::Busy(_)) => "conversation_busy",
+            Self::Store(StoreError::Deleted(_)) => "conversation_deleted",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::RateLimited { .. } => "rate_limited",
             Self::Upstream(e) => match e {

@@ -62,14 +62,17 @@ pub fn raise_open_file_limit() -> std::io::Result<u64> {
     rlimit::increase_nofile_limit(u64::MAX)
 }
 
-/// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests and streams
-/// finish within `SHUTDOWN_GRACE_SECS` (WebSockets are closed with 1001 at once), and waits
-/// for background tasks to end.
+/// Serves until `shutdown` resolves; then the whole shutdown takes at most
+/// `SHUTDOWN_GRACE_SECS`: stop accepting and stop taking queued tasks at once; let requests,
+/// streams and running tasks finish; near the end of the grace, stop what still runs (streams
+/// end with an `event: error` saying the server is shutting down, a task alone ends `failed`,
+/// a queued one is handed back to the other replicas) and give it the rest of the grace to
+/// say so. WebSockets with no reply in progress are closed with 1001 at once.
 ///
 /// Connections are served by hyper's HTTP/1 connection directly rather than through
 /// `axum::serve`, whose auto-detecting HTTP/1-or-2 connection (the server speaks HTTP/1 only)
 /// first peeks at the bytes and then reads through a rewinding wrapper, and whose per-connection
-/// task is larger: measured with 300 open streams, that task was 8 KiB of each stream's heap.
+/// task is larger (see the README's performance notes).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -77,6 +80,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let closing = state.closing.clone();
     let grace = state.config.shutdown_grace;
+    let write_timeout = state.config.stream_write_timeout;
     let app = app(state.clone());
     let mut listener = listener.tap_io(|tcp| {
         // Without it, small writes over a reused connection can stall ~40 ms (Nagle + delayed ACK).
@@ -99,38 +103,66 @@ pub async fn serve(
             peer,
             app.clone(),
             closing.clone(),
+            write_timeout,
             open_rx.clone(),
         ));
     }
-    tracing::info!("shutting down: no new connections; finishing what is in flight");
+    let deadline = tokio::time::Instant::now() + grace;
+    // What still runs is stopped this long before the end, so that its last words are sent
+    // within the grace.
+    let stop_at = deadline - (grace / 10).min(std::time::Duration::from_secs(2));
+    tracing::info!(
+        grace_secs = grace.as_secs_f64(),
+        "shutting down: no new connections or tasks; finishing what is in flight"
+    );
     closing.cancel();
+    state.runner.drain();
     drop(listener);
     drop(open_rx);
-    if tokio::time::timeout(grace, open_tx.closed()).await.is_err() {
-        tracing::warn!("grace period over; closing the connections still open");
+    let finished = async {
+        open_tx.closed().await;
+        state.runner.idle().await;
+    };
+    if tokio::time::timeout_at(stop_at, finished).await.is_err() {
+        tracing::warn!("grace period over; stopping the streams and tasks still running");
     }
-    state.runner.shutdown(grace).await;
+    state.runner.stop();
+    let ended = async {
+        open_tx.closed().await;
+        state.runner.wait().await;
+    };
+    if tokio::time::timeout_at(deadline, ended).await.is_err() {
+        tracing::warn!("shutdown grace over; closing what is still open");
+    }
     Ok(())
 }
 
 /// One connection: HTTP/1.1 with keep-alive and upgrades (WebSocket), the peer's address as
 /// `ConnectInfo`, hyper's 30 s limit on reading a request's headers (slow-header clients are
-/// cut off), and a graceful close (after the response in flight) once the server is closing.
+/// cut off), a limit on writing (a client that takes no bytes for `STREAM_WRITE_TIMEOUT_SECS`
+/// is disconnected: an SSE stream or a WebSocket it stopped reading is let go, and with it the
+/// turn), and a graceful close (after the response in flight) once the server is closing.
 async fn serve_connection(
     io: TcpStream,
     peer: SocketAddr,
     app: Router,
     closing: CancellationToken,
+    write_timeout: std::time::Duration,
     _open: tokio::sync::watch::Receiver<()>,
 ) {
     let service = app.map_request(move |mut req: axum::extract::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         req
     });
+    let mut io = tokio_io_timeout::TimeoutStream::new(io);
+    io.set_write_timeout(Some(write_timeout));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new());
     let conn = builder
-        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+        .serve_connection(
+            TokioIo::new(Box::pin(io)),
+            TowerToHyperService::new(service),
+        )
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {

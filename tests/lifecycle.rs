@@ -1,4 +1,5 @@
-//! The real binary: start-up refusal, and SIGTERM during an in-flight request.
+//! The real binary: start-up refusal, and SIGTERM during an in-flight request, an open stream
+//! and a running task (one shutdown budget).
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 mod common;
@@ -100,6 +101,87 @@ async fn sigterm_lets_the_request_in_flight_finish() {
     .unwrap();
     assert!(status.success(), "exit status {status:?}");
     assert!(client.get(format!("{url}/health")).send().await.is_err());
+}
+
+/// Sends SIGTERM to `server`.
+fn sigterm(server: &common::ServerProcess) {
+    let pid = server.pid();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(sent.success());
+}
+
+/// Waits for the process to exit; how long it took.
+async fn exited(mut server: common::ServerProcess, within: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    tokio::task::spawn_blocking(move || {
+        while started.elapsed() < within {
+            if server.child.try_wait().unwrap().is_some() {
+                return started.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the server did not exit within {within:?} of SIGTERM");
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn sigterm_with_an_open_stream_and_a_running_task_takes_one_grace_in_all() {
+    // A stream that would last 30 s, and a task whose model answers in 30 s.
+    let fake = FakeOpenAi::start_with(Behaviour {
+        chunks: 100,
+        chunk_delay: Duration::from_millis(300),
+        unary_delay: Duration::from_secs(30),
+        content: "word ".repeat(100),
+        ..Default::default()
+    })
+    .await;
+    let server = common::ServerProcess::start(&[
+        ("OPENAI_BASE_URL", &fake.url),
+        ("OPENAI_API_KEY", "sk-test"),
+        ("SHUTDOWN_GRACE_SECS", "3"),
+    ]);
+    let client = common::client();
+    let (status, task) = common::answer(
+        client
+            .post(format!("{}/task", server.url))
+            .json(&json!({"prompt": "slow"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 202, "{task}");
+    let stream = client
+        .post(format!("{}/chat/stream", server.url))
+        .json(&json!({"message": "long answer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the reader runs beside the signal"
+    )]
+    let reader = tokio::spawn(common::read_sse(stream));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sigterm(&server);
+    let took = exited(server, Duration::from_secs(10)).await;
+    // One budget for everything (before: the grace for the connections, then again for the
+    // tasks).
+    assert!(took <= Duration::from_millis(3500), "{took:?}");
+    let events = reader.await.unwrap();
+    let (at, last) = events.last().unwrap();
+    assert_eq!(last.event.as_deref(), Some("error"), "{last:?}");
+    let data: serde_json::Value = serde_json::from_str(&last.data).unwrap();
+    assert_eq!(
+        data,
+        json!({"detail": "server shutting down", "retryable": true})
+    );
+    // Within the grace, after the stream had its time.
+    assert!(*at >= Duration::from_secs(2), "{at:?}");
+    assert!(events.len() > 3, "the stream ran until the grace was over");
 }
 
 #[tokio::test]

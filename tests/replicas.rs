@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Behaviour, FakeOpenAi, ServerProcess, redis_url};
+use common::{Behaviour, FakeOpenAi, PrivateRedis, ServerProcess, redis_url};
 use serde_json::{Value, json};
 
 fn prefix() -> String {
@@ -239,64 +239,11 @@ async fn a_task_survives_the_death_of_its_replica() {
     assert_eq!(done["result"], "Hello from the fake upstream");
 }
 
-/// A private redis-server on a free port, so that restarting it disturbs no other test.
-struct PrivateRedis {
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl PrivateRedis {
-    fn start(port: u16) -> Self {
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
-            port,
-            child: Some(child),
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test]
 async fn a_redis_restart_in_the_middle_of_traffic_is_survived() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut redis = PrivateRedis::start(port);
+    let mut redis = PrivateRedis::start(common::free_port());
     let fake = FakeOpenAi::start().await;
-    let store = format!("redis://127.0.0.1:{port}/0");
+    let store = redis.url();
     let server = ServerProcess::start(&[
         ("OPENAI_BASE_URL", fake.url.as_str()),
         ("STORE", store.as_str()),

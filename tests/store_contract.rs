@@ -12,6 +12,9 @@ use agent_api::store::redis::{RedisSettings, RedisStores};
 use agent_api::store::{ConversationStore, StoreError, StoreLimits, Task, TaskStatus, TaskStore};
 use common::redis_url;
 
+/// How long the suite's turns wait for a busy conversation.
+const WAIT: Duration = Duration::from_secs(10);
+
 struct Stores {
     conversations: Arc<dyn ConversationStore>,
     tasks: Arc<dyn TaskStore>,
@@ -65,16 +68,29 @@ fn turn(user: &str) -> Vec<Message> {
 async fn conversation_lifecycle(s: Stores) {
     let c = &s.conversations;
     // A first turn that is dropped leaves nothing behind.
-    drop(c.begin_turn("alice", "conv-1").await.unwrap().unwrap());
+    drop(
+        c.begin_turn("alice", "conv-1", WAIT)
+            .await
+            .unwrap()
+            .unwrap(),
+    );
     assert!(c.get("alice", "conv-1").await.unwrap().is_none());
     assert!(c.list("alice", 10).await.unwrap().is_empty());
 
-    let t = c.begin_turn("alice", "conv-1").await.unwrap().unwrap();
+    let t = c
+        .begin_turn("alice", "conv-1", WAIT)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(t.history().is_empty());
     let mut first = vec![Message::new("system", "sys")];
     first.extend(turn("one"));
     t.commit(first).await.unwrap();
-    let t = c.begin_turn("alice", "conv-1").await.unwrap().unwrap();
+    let t = c
+        .begin_turn("alice", "conv-1", WAIT)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(t.history().len(), 3);
     assert_eq!(t.history()[0], Message::new("system", "sys"));
     t.commit(turn("two")).await.unwrap();
@@ -87,7 +103,7 @@ async fn conversation_lifecycle(s: Stores) {
     // Another owner sees nothing and cannot take it over: the same id is a new conversation
     // of its own (that this one fails to commit leaves nothing).
     assert!(c.get("bob", "conv-1").await.unwrap().is_none());
-    let theirs = c.begin_turn("bob", "conv-1").await.unwrap().unwrap();
+    let theirs = c.begin_turn("bob", "conv-1", WAIT).await.unwrap().unwrap();
     assert!(theirs.history().is_empty());
     drop(theirs);
     assert!(c.list("bob", 10).await.unwrap().is_empty());
@@ -106,12 +122,12 @@ async fn conversation_lifecycle(s: Stores) {
 
 async fn history_is_bounded_and_keeps_the_system_prompt(s: Stores) {
     let c = &s.conversations;
-    let t = c.begin_turn("a", "long").await.unwrap().unwrap();
+    let t = c.begin_turn("a", "long", WAIT).await.unwrap().unwrap();
     let mut first = vec![Message::new("system", "sys")];
     first.extend(turn("0"));
     t.commit(first).await.unwrap();
     for i in 1..15 {
-        let t = c.begin_turn("a", "long").await.unwrap().unwrap();
+        let t = c.begin_turn("a", "long", WAIT).await.unwrap().unwrap();
         t.commit(turn(&i.to_string())).await.unwrap();
     }
     let conv = c.get("a", "long").await.unwrap().unwrap();
@@ -124,12 +140,12 @@ async fn history_is_bounded_and_keeps_the_system_prompt(s: Stores) {
 
 async fn turns_are_serialized(s: Stores) {
     let c = Arc::clone(&s.conversations);
-    let t = c.begin_turn("a", "busy").await.unwrap().unwrap();
+    let t = c.begin_turn("a", "busy", WAIT).await.unwrap().unwrap();
     t.commit(vec![Message::new("system", "s")]).await.unwrap();
     let workers = (0..10).map(|i| {
         let c = Arc::clone(&c);
         async move {
-            let t = c.begin_turn("a", "busy").await.unwrap().unwrap();
+            let t = c.begin_turn("a", "busy", WAIT).await.unwrap().unwrap();
             let seen = t.history().len();
             tokio::time::sleep(Duration::from_millis(5)).await;
             t.commit(turn(&i.to_string())).await.unwrap();
@@ -237,7 +253,7 @@ async fn task_lifecycle(s: Stores) {
 
 /// One committed first turn of `owner` on `id`.
 async fn converse(c: &Arc<dyn ConversationStore>, owner: &str, id: &str) {
-    let t = c.begin_turn(owner, id).await.unwrap().unwrap();
+    let t = c.begin_turn(owner, id, WAIT).await.unwrap().unwrap();
     let mut first = vec![Message::new("system", "sys")];
     first.extend(turn(id));
     t.commit(first).await.unwrap();
@@ -251,7 +267,11 @@ async fn ids_are_per_key(s: Stores) {
     let c = &s.conversations;
     converse(c, "alice", "support-1").await;
     converse(c, "bob", "support-1").await;
-    let t = c.begin_turn("bob", "support-1").await.unwrap().unwrap();
+    let t = c
+        .begin_turn("bob", "support-1", WAIT)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(t.history().len(), 3, "bob's own history");
     t.commit(turn("more")).await.unwrap();
     assert_eq!(
@@ -283,7 +303,7 @@ async fn failed_first_turns_take_no_room(s: Stores) {
     }
     for i in 0..30 {
         drop(
-            c.begin_turn("attacker", &format!("x{i}"))
+            c.begin_turn("attacker", &format!("x{i}"), WAIT)
                 .await
                 .unwrap()
                 .unwrap(),
@@ -319,12 +339,15 @@ async fn a_key_whose_conversations_are_all_busy_is_refused_with_quota(s: Stores)
     for i in 0..3 {
         converse(c, "a", &format!("c{i}")).await;
     }
-    let _held: Vec<_> = futures::future::join_all(
-        (0..3).map(|i| async move { c.begin_turn("a", &format!("c{i}")).await.unwrap().unwrap() }),
-    )
+    let _held: Vec<_> = futures::future::join_all((0..3).map(|i| async move {
+        c.begin_turn("a", &format!("c{i}"), WAIT)
+            .await
+            .unwrap()
+            .unwrap()
+    }))
     .await;
     assert!(matches!(
-        c.begin_turn("a", "new").await,
+        c.begin_turn("a", "new", WAIT).await,
         Err(StoreError::Quota(_))
     ));
     // Another key is not affected.
@@ -356,12 +379,15 @@ async fn a_full_store_of_busy_conversations_refuses(s: Stores) {
     for i in 0..10 {
         converse(c, "a", &format!("c{i}")).await;
     }
-    let _held: Vec<_> = futures::future::join_all(
-        (0..10).map(|i| async move { c.begin_turn("a", &format!("c{i}")).await.unwrap().unwrap() }),
-    )
+    let _held: Vec<_> = futures::future::join_all((0..10).map(|i| async move {
+        c.begin_turn("a", &format!("c{i}"), WAIT)
+            .await
+            .unwrap()
+            .unwrap()
+    }))
     .await;
     assert!(matches!(
-        c.begin_turn("b", "new").await,
+        c.begin_turn("b", "new", WAIT).await,
         Err(StoreError::Full(_))
     ));
 }
@@ -428,13 +454,24 @@ async fn the_store_holds_at_most_max_tasks(s: Stores) {
     ));
 }
 
-async fn a_turn_waits_for_a_busy_conversation_at_most_turn_wait(s: Stores) {
+async fn a_turn_waits_for_a_busy_conversation_at_most_its_wait(s: Stores) {
     let c = &s.conversations;
     converse(c, "a", "busy").await;
-    let held = c.begin_turn("a", "busy").await.unwrap().unwrap();
+    let held = c.begin_turn("a", "busy", WAIT).await.unwrap().unwrap();
+    // `if_busy: "reject"`: no wait at all.
     let started = std::time::Instant::now();
     assert!(matches!(
-        c.begin_turn("a", "busy").await,
+        c.begin_turn("a", "busy", Duration::ZERO).await,
+        Err(StoreError::Busy(_))
+    ));
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        c.begin_turn("a", "busy", Duration::from_millis(300)).await,
         Err(StoreError::Busy(_))
     ));
     let waited = started.elapsed();
@@ -446,12 +483,34 @@ async fn a_turn_waits_for_a_busy_conversation_at_most_turn_wait(s: Stores) {
     // Once the turn ends, the next one gets it (Redis: the release is in the background).
     let mut got = None;
     for _ in 0..50 {
-        if let Ok(Some(t)) = c.begin_turn("a", "busy").await {
+        if let Ok(Some(t)) = c.begin_turn("a", "busy", WAIT).await {
             got = Some(t);
             break;
         }
     }
     assert_eq!(got.unwrap().history().len(), 3);
+}
+
+async fn a_delete_during_a_turn_wins(s: Stores) {
+    let c = &s.conversations;
+    converse(c, "a", "doomed").await;
+    let t = c.begin_turn("a", "doomed", WAIT).await.unwrap().unwrap();
+    assert!(c.delete("a", "doomed").await.unwrap());
+    // The turn that was running when the DELETE came writes nothing back.
+    assert!(matches!(
+        t.commit(turn("late")).await,
+        Err(StoreError::Deleted(_))
+    ));
+    assert!(c.get("a", "doomed").await.unwrap().is_none());
+    assert!(c.list("a", 10).await.unwrap().is_empty());
+    // The id is free for a new conversation afterwards.
+    let t = c.begin_turn("a", "doomed", WAIT).await.unwrap().unwrap();
+    assert!(t.history().is_empty());
+    t.commit(turn("again")).await.unwrap();
+    assert_eq!(
+        c.get("a", "doomed").await.unwrap().unwrap().messages.len(),
+        2
+    );
 }
 
 macro_rules! contract {
@@ -484,6 +543,6 @@ contract!(
     a_key_at_its_task_quota_drops_its_oldest_finished:
         StoreLimits { max_tasks_per_key: 2, ..limits() },
     the_store_holds_at_most_max_tasks: StoreLimits { max_tasks: 5, ..limits() },
-    a_turn_waits_for_a_busy_conversation_at_most_turn_wait:
-        StoreLimits { turn_wait: Duration::from_millis(300), ..limits() },
+    a_turn_waits_for_a_busy_conversation_at_most_its_wait: limits(),
+    a_delete_during_a_turn_wins: limits(),
 );

@@ -5,7 +5,12 @@
 
 pub mod runner;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::instrument;
 
 use crate::llm::{
@@ -27,6 +32,14 @@ pub struct ChatTurn {
     pub model: String,
     /// The estimated tokens of history sent upstream (`MAX_HISTORY_TOKENS`).
     pub max_history_tokens: usize,
+    /// How long to wait for a conversation busy with another turn: `TURN_WAIT_SECS`, or zero
+    /// for `if_busy: "reject"`.
+    pub turn_wait: Duration,
+    /// `TURN_TIMEOUT_SECS`: the whole turn, every model call in it.
+    pub turn_timeout: Duration,
+    /// `STREAM_WRITE_TIMEOUT_SECS`: how long a streamed turn waits for its client to take a
+    /// frame before it takes the client for gone and ends.
+    pub frame_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -95,7 +108,7 @@ async fn prepare(
         .conversation_id
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let lease = store
-        .begin_turn(owner, &conversation_id)
+        .begin_turn(owner, &conversation_id, turn.turn_wait)
         .await?
         .ok_or(AgentError::NotFound("conversation"))?;
     let mut new_messages = Vec::with_capacity(2);
@@ -133,9 +146,14 @@ pub async fn run_turn(
     owner: &str,
     turn: ChatTurn,
 ) -> Result<TurnOutcome, AgentError> {
+    let limit = turn.turn_timeout;
+    let deadline = Instant::now() + limit;
     let mut prepared = prepare(store, owner, turn).await?;
     tracing::Span::current().record("conversation_id", prepared.conversation_id.as_str());
-    let completion = llm.complete(std::mem::take(&mut prepared.request)).await?;
+    let call = llm.complete(std::mem::take(&mut prepared.request));
+    let completion = tokio::time::timeout_at(deadline, call)
+        .await
+        .map_err(|_| LlmError::Timeout(limit))??;
     let tokens_used = tokens(completion.usage, &prepared, &completion.content);
     let PreparedTurn {
         lease,
@@ -168,67 +186,136 @@ pub enum TurnEvent {
 
 pub type TurnStream = std::pin::Pin<Box<dyn futures::Stream<Item = TurnEvent> + Send>>;
 
+/// How many frames a streamed turn may run ahead of its client: enough that the model's pace
+/// does not wait on each write, few enough that a client that stops reading stops the turn soon.
+const FRAMES_AHEAD: usize = 8;
+
 /// Starts a streamed turn. Errors before the model's first byte (unknown conversation, store,
 /// the upstream refusing the call) are returned here; later ones arrive as [`TurnEvent::Failed`].
-/// The turn holds the conversation until the stream ends; the answer is appended only when the
-/// stream completes, so a failed or abandoned (dropped) stream leaves the conversation as it was.
+///
+/// The turn then runs in a task of its own (spawned on `runner`, so that shutdown waits for it)
+/// and feeds its events through a small bounded channel: its work does not depend on the
+/// client polling it. It ends, dropping the upstream call and the conversation, when the
+/// stream is dropped, when the client has not taken a frame for `frame_timeout`, or at
+/// `turn_timeout` (then [`LlmError::Timeout`]). The answer is appended only when the turn
+/// completes, so a failed or abandoned turn leaves the conversation as it was.
 pub async fn stream_turn(
-    llm: &dyn LlmProvider,
+    llm: &Arc<dyn LlmProvider>,
     store: &dyn ConversationStore,
+    runner: &TaskRunner,
     owner: &str,
     turn: ChatTurn,
 ) -> Result<(String, TurnStream), AgentError> {
+    let limits = Deadlines {
+        turn: Instant::now() + turn.turn_timeout,
+        turn_timeout: turn.turn_timeout,
+        frame: turn.frame_timeout,
+    };
     let mut prepared = prepare(store, owner, turn).await?;
     let request = std::mem::take(&mut prepared.request);
-    let upstream = llm.stream(request).await?;
+    let upstream = tokio::time::timeout_at(limits.turn, llm.stream(request))
+        .await
+        .map_err(|_| LlmError::Timeout(limits.turn_timeout))??;
     let id = prepared.conversation_id.clone();
-    struct St {
-        prepared: Option<PreparedTurn>,
-        upstream: ChunkStream,
-        answer: String,
-        usage: Option<Usage>,
+    let (tx, rx) = mpsc::channel(FRAMES_AHEAD);
+    runner.spawn(produce(prepared, upstream, tx, limits));
+    Ok((
+        id,
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    ))
+}
+
+#[derive(Clone, Copy)]
+struct Deadlines {
+    turn: Instant,
+    turn_timeout: Duration,
+    frame: Duration,
+}
+
+/// Hands one event to the client: false when it is gone, took no frame for the frame timeout,
+/// or the turn's time is over.
+async fn deliver(tx: &mpsc::Sender<TurnEvent>, event: TurnEvent, limits: Deadlines) -> bool {
+    let by = (Instant::now() + limits.frame).min(limits.turn);
+    match tx.try_reserve() {
+        Ok(slot) => {
+            slot.send(event);
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(())) => false,
+        Err(mpsc::error::TrySendError::Full(())) => {
+            matches!(
+                tokio::time::timeout_at(by, tx.send(event)).await,
+                Ok(Ok(()))
+            )
+        }
     }
-    let st = St {
-        prepared: Some(prepared),
-        upstream,
-        answer: String::new(),
-        usage: None,
-    };
-    let stream = futures::stream::unfold(st, |mut st| async move {
-        loop {
-            // `prepared` is taken when the stream has ended (done or failed).
-            st.prepared.as_ref()?;
-            match st.upstream.next().await {
-                Some(Ok(ChatChunk { delta, usage, .. })) => {
-                    st.usage = usage.or(st.usage);
-                    if !delta.is_empty() {
-                        st.answer.push_str(&delta);
-                        return Some((TurnEvent::Delta(delta), st));
+}
+
+/// The streamed turn's own task: reads the upstream, hands each piece to the client, and
+/// commits the answer at the end.
+async fn produce(
+    mut prepared: PreparedTurn,
+    mut upstream: ChunkStream,
+    tx: mpsc::Sender<TurnEvent>,
+    limits: Deadlines,
+) {
+    let mut answer = String::new();
+    let mut usage = None;
+    // Made once: a timer or a waiter registered per chunk would cost every stream.
+    let gone = tx.closed();
+    let over = tokio::time::sleep_until(limits.turn);
+    tokio::pin!(gone, over);
+    loop {
+        let next = tokio::select! {
+            biased;
+            // The client left: the turn is cancelled (the upstream call and the lease drop).
+            () = &mut gone => return,
+            () = &mut over => {
+                let timeout = LlmError::Timeout(limits.turn_timeout);
+                let _ = tx.try_send(TurnEvent::Failed(timeout.into()));
+                return;
+            }
+            next = upstream.next() => next,
+        };
+        match next {
+            Some(Ok(ChatChunk {
+                delta, usage: u, ..
+            })) => {
+                usage = u.or(usage);
+                if !delta.is_empty() {
+                    answer.push_str(&delta);
+                    if !deliver(&tx, TurnEvent::Delta(delta), limits).await {
+                        return;
                     }
                 }
-                Some(Err(e)) => {
-                    st.prepared = None;
-                    return Some((TurnEvent::Failed(e.into()), st));
-                }
-                None => {
-                    let mut prepared = st.prepared.take()?;
-                    let tokens_used = tokens(st.usage, &prepared, &st.answer);
-                    prepared
-                        .new_messages
-                        .push(Message::new("assistant", std::mem::take(&mut st.answer)));
-                    let event = match prepared.lease.commit(prepared.new_messages).await {
-                        Ok(()) => TurnEvent::Done {
-                            conversation_id: prepared.conversation_id,
-                            tokens_used,
-                        },
-                        Err(e) => TurnEvent::Failed(e.into()),
-                    };
-                    return Some((event, st));
-                }
+            }
+            Some(Err(e)) => {
+                deliver(&tx, TurnEvent::Failed(e.into()), limits).await;
+                return;
+            }
+            None => {
+                let tokens_used = tokens(usage, &prepared, &answer);
+                prepared
+                    .new_messages
+                    .push(Message::new("assistant", std::mem::take(&mut answer)));
+                let PreparedTurn {
+                    lease,
+                    conversation_id,
+                    new_messages,
+                    ..
+                } = prepared;
+                let event = match lease.commit(new_messages).await {
+                    Ok(()) => TurnEvent::Done {
+                        conversation_id,
+                        tokens_used,
+                    },
+                    Err(e) => TurnEvent::Failed(e.into()),
+                };
+                deliver(&tx, event, limits).await;
+                return;
             }
         }
-    });
-    Ok((id, Box::pin(stream)))
+    }
 }
 
 #[cfg(test)]

@@ -45,7 +45,9 @@ struct Inner {
     queued: AtomicUsize,
     /// Cancellation tokens of the tasks not yet finished, by id.
     cancels: DashMap<String, CancellationToken>,
-    /// Cancelled when the server stops for good.
+    /// Cancelled when shutdown begins: no new queue entries are taken.
+    draining: CancellationToken,
+    /// Cancelled when the shutdown's grace is over: what still runs is stopped.
     shutdown: CancellationToken,
     /// With Redis: the queue shared by every replica. Without: tasks run where submitted.
     queue: Option<Arc<RedisQueue>>,
@@ -77,6 +79,7 @@ impl TaskRunner {
                 tracker: TaskTracker::new(),
                 queued: AtomicUsize::new(0),
                 cancels: DashMap::new(),
+                draining: CancellationToken::new(),
                 shutdown: CancellationToken::new(),
                 queue,
             }),
@@ -109,7 +112,7 @@ impl TaskRunner {
         });
     }
 
-    /// A token cancelled when the server stops for good.
+    /// A token cancelled when the shutdown's grace is over (streams still open end then).
     pub fn shutdown_token(&self) -> CancellationToken {
         self.inner.shutdown.clone()
     }
@@ -169,8 +172,15 @@ impl TaskRunner {
             };
             runner.inner.queued.fetch_sub(1, Ordering::SeqCst);
             match permit {
-                Some(_permit) => runner.run(&id, &token, &[TaskStatus::Pending]).await,
-                None => runner.finish(&id, TaskStatus::Cancelled, None).await,
+                Some(_permit) => {
+                    runner.run(&id, &token, &[TaskStatus::Pending]).await;
+                }
+                None if runner.inner.shutdown.is_cancelled() => {
+                    runner.stopped(&id).await;
+                }
+                None => {
+                    runner.finish(&id, TaskStatus::Cancelled, None).await;
+                }
             }
             runner.inner.cancels.remove(&id);
         });
@@ -179,14 +189,15 @@ impl TaskRunner {
 
     /// Runs one task: `from` are the states it may start from (a task taken over from a
     /// replica that died is still `running`).
-    async fn run(&self, id: &str, token: &CancellationToken, from: &[TaskStatus]) {
+    async fn run(&self, id: &str, token: &CancellationToken, from: &[TaskStatus]) -> Outcome {
         let inner = &self.inner;
         let task = match inner.tasks.get(None, id).await {
             Ok(Some(t)) => t,
-            Ok(None) => return,
+            // Expired or dropped: nothing is left to do.
+            Ok(None) => return Outcome::Recorded,
             Err(e) => {
                 tracing::error!(task_id = %id, error = %e, "could not read a task to run");
-                return;
+                return Outcome::Unrecorded;
             }
         };
         let started = inner
@@ -195,36 +206,77 @@ impl TaskRunner {
             .await;
         let (status, result) = match started {
             Ok(Some(_)) => {
-                self.execute(&task.prompt, &task.task_type, &task.model, token)
+                match self
+                    .execute(&task.prompt, &task.task_type, &task.model, token)
                     .await
+                {
+                    Some(end) => end,
+                    None => return self.stopped(id).await,
+                }
             }
             // Cancelled (or finished) before it started.
-            Ok(None) => return,
+            Ok(None) => return Outcome::Recorded,
             Err(e) => (TaskStatus::Failed, Some(e.to_string())),
         };
-        self.finish(id, status, result).await;
+        self.finish(id, status, result).await
     }
 
-    /// Records a task's end, unless it ended already (cancelled meanwhile).
-    async fn finish(&self, id: &str, status: TaskStatus, result: Option<String>) {
-        let inner = &self.inner;
-        let from = [TaskStatus::Pending, TaskStatus::Running];
-        match inner.tasks.transition(id, &from, status, result).await {
-            Ok(Some(_)) => {
-                inner
-                    .metrics
-                    .tasks_finished
-                    .get_or_create(&StateLabels {
-                        state: status.as_str(),
-                    })
-                    .inc();
-            }
-            // Cancelled through DELETE meanwhile; counted there.
-            Ok(None) => {}
+    /// A task stopped by the end of the shutdown's grace: with the shared queue it goes back
+    /// to `pending` for another replica; alone, it ends `failed`.
+    async fn stopped(&self, id: &str) -> Outcome {
+        if self.inner.queue.is_none() {
+            let why = "the server shut down before the task finished";
+            return self.finish(id, TaskStatus::Failed, Some(why.into())).await;
+        }
+        let back = [TaskStatus::Running];
+        match self
+            .inner
+            .tasks
+            .transition(id, &back, TaskStatus::Pending, None)
+            .await
+        {
+            Ok(_) => Outcome::HandBack,
             Err(e) => {
-                tracing::error!(task_id = %id, error = %e, "could not record the end of a task")
+                tracing::warn!(task_id = %id, error = %e, "could not hand a task back");
+                Outcome::HandBack
             }
         }
+    }
+
+    /// Records a task's end, unless it ended already (cancelled meanwhile). A failed write is
+    /// tried again a few times (the queue entry stays unacknowledged until it succeeds).
+    async fn finish(&self, id: &str, status: TaskStatus, result: Option<String>) -> Outcome {
+        let inner = &self.inner;
+        let from = [TaskStatus::Pending, TaskStatus::Running];
+        let mut pause = Duration::from_millis(200);
+        for attempt in 1..=3 {
+            match inner
+                .tasks
+                .transition(id, &from, status, result.clone())
+                .await
+            {
+                Ok(Some(_)) => {
+                    inner
+                        .metrics
+                        .tasks_finished
+                        .get_or_create(&StateLabels {
+                            state: status.as_str(),
+                        })
+                        .inc();
+                    return Outcome::Recorded;
+                }
+                // Cancelled through DELETE meanwhile; counted there.
+                Ok(None) => return Outcome::Recorded,
+                Err(e) if attempt == 3 => {
+                    tracing::error!(task_id = %id, error = %e, "could not record the end of a task");
+                }
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
+        }
+        Outcome::Unrecorded
     }
 
     /// With a shared queue: takes entries (new ones, and ones whose replica stopped renewing
@@ -235,38 +287,49 @@ impl TaskRunner {
         };
         let runner = self.clone();
         let q = Arc::clone(&queue);
-        self.spawn_until_shutdown(async move {
-            let mut last_claim = tokio::time::Instant::now();
-            loop {
-                let Ok(permit) = Arc::clone(&runner.inner.slots).acquire_owned().await else {
-                    return;
-                };
-                let took = if last_claim.elapsed() >= q.lease / 2 {
-                    last_claim = tokio::time::Instant::now();
-                    match q.claim_stale().await {
-                        Ok(Some(e)) => Ok(Some(e)),
-                        Ok(None) => q.read(Duration::from_millis(500)).await,
-                        Err(e) => Err(e),
-                    }
-                } else {
-                    q.read(Duration::from_millis(500)).await
-                };
-                match took {
-                    Ok(Some(entry)) => {
-                        let runner2 = runner.clone();
-                        let q2 = Arc::clone(&q);
-                        runner.spawn(async move {
-                            runner2.run_entry(&q2, entry).await;
+        let draining = self.inner.draining.clone();
+        self.spawn(async move {
+            let take = async {
+                let mut last_claim = tokio::time::Instant::now();
+                loop {
+                    let Ok(permit) = Arc::clone(&runner.inner.slots).acquire_owned().await else {
+                        return;
+                    };
+                    // Entries handed back at shutdown are taken within a second, not a lease.
+                    let took = if last_claim.elapsed() >= (q.lease / 2).min(Duration::from_secs(1))
+                    {
+                        last_claim = tokio::time::Instant::now();
+                        match q.claim_stale().await {
+                            Ok(Some(e)) => Ok(Some(e)),
+                            Ok(None) => q.read(Duration::from_millis(500)).await,
+                            Err(e) => Err(e),
+                        }
+                    } else {
+                        q.read(Duration::from_millis(500)).await
+                    };
+                    match took {
+                        Ok(Some(entry)) => {
+                            let runner2 = runner.clone();
+                            let q2 = Arc::clone(&q);
+                            runner.spawn(async move {
+                                runner2.run_entry(&q2, entry).await;
+                                drop(permit);
+                            });
+                        }
+                        Ok(None) => drop(permit),
+                        Err(e) => {
                             drop(permit);
-                        });
-                    }
-                    Ok(None) => drop(permit),
-                    Err(e) => {
-                        drop(permit);
-                        tracing::warn!(error = %e, "task queue unavailable; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                            tracing::warn!(error = %e, "task queue unavailable; retrying");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
                     }
                 }
+            };
+            // Shutdown stops the taking at once (a read in progress is dropped, unacknowledged
+            // and unseen by anyone: its entry stays in the stream for the others).
+            tokio::select! {
+                () = draining.cancelled() => {}
+                () = take => {}
             }
         });
         let runner = self.clone();
@@ -293,6 +356,10 @@ impl TaskRunner {
         Ok(())
     }
 
+    /// Runs one queue entry while renewing its lease. The entry is acknowledged only once the
+    /// task's final state is written; if that write fails, it stays pending, and another
+    /// replica takes it over after the lease. If the lease is lost (another replica took the
+    /// entry over), this replica stops at once and writes nothing: one runner at a time.
     async fn run_entry(&self, queue: &RedisQueue, entry: QueueEntry) {
         let inner = &self.inner;
         let token = inner.shutdown.child_token();
@@ -300,19 +367,32 @@ impl TaskRunner {
         let heartbeat = async {
             loop {
                 tokio::time::sleep(queue.lease / 3).await;
-                if let Err(e) = queue.renew(&entry.entry).await {
-                    tracing::warn!(error = %e, "could not renew a task lease");
+                match queue.renew(&entry.entry).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(task_id = %entry.task_id, "task lease lost to another replica; stopping here");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not renew a task lease"),
                 }
             }
         };
         let from = [TaskStatus::Pending, TaskStatus::Running];
         tokio::select! {
-            _ = self.run(&entry.task_id, &token, &from) => {
-                if let Err(e) = queue.done(&entry.entry).await {
-                    tracing::warn!(error = %e, "could not acknowledge a finished task");
+            outcome = self.run(&entry.task_id, &token, &from) => match outcome {
+                Outcome::Recorded => {
+                    if let Err(e) = queue.done(&entry.entry).await {
+                        tracing::warn!(error = %e, "could not acknowledge a finished task");
+                    }
                 }
-            }
-            _ = heartbeat => {}
+                Outcome::Unrecorded => {}
+                Outcome::HandBack => {
+                    if let Err(e) = queue.hand_back(&entry.entry).await {
+                        tracing::warn!(error = %e, "could not hand a task back");
+                    }
+                }
+            },
+            () = heartbeat => {}
         }
         inner.cancels.remove(&entry.task_id);
     }
@@ -323,7 +403,7 @@ impl TaskRunner {
         task_type: &str,
         model: &str,
         token: &CancellationToken,
-    ) -> (TaskStatus, Option<String>) {
+    ) -> Option<(TaskStatus, Option<String>)> {
         let inner = &self.inner;
         let messages = vec![
             Message::new(
@@ -334,20 +414,20 @@ impl TaskRunner {
         ];
         let req = ChatRequest::new(model, messages, 0.7, 1000);
         let limit = inner.limits.timeout;
-        tokio::select! {
+        // `None`: stopped by the end of the shutdown's grace.
+        Some(tokio::select! {
             _ = token.cancelled() => {
                 if inner.shutdown.is_cancelled() {
-                    (TaskStatus::Failed, Some("the server shut down before the task finished".into()))
-                } else {
-                    (TaskStatus::Cancelled, None)
+                    return None;
                 }
+                (TaskStatus::Cancelled, None)
             }
             res = tokio::time::timeout(limit, inner.llm.complete(req)) => match res {
                 Ok(Ok(done)) => (TaskStatus::Completed, Some(done.content)),
                 Ok(Err(e)) => (TaskStatus::Failed, Some(e.to_string())),
                 Err(_) => (TaskStatus::Failed, Some(format!("the task took longer than {}s", limit.as_secs()))),
             }
-        }
+        })
     }
 
     /// Cancels a pending or running task of `owner`. `None` when it is unknown to this owner;
@@ -392,21 +472,51 @@ impl TaskRunner {
         (queued, self.active().saturating_sub(queued))
     }
 
-    /// Stops accepting work and waits up to `grace` for what runs; then cancels the rest
-    /// (unfinished tasks end `failed`) and waits for them to record it.
-    pub async fn shutdown(&self, grace: Duration) {
-        let inner = &self.inner;
-        inner.tracker.close();
-        // Loops such as the janitor never end by themselves.
-        let tasks_done = async {
-            while !inner.cancels.is_empty() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        let _ = tokio::time::timeout(grace, tasks_done).await;
-        inner.shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), inner.tracker.wait()).await;
+    /// Shutdown, first step: stops taking queue entries at once (running tasks go on).
+    pub fn drain(&self) {
+        self.inner.tracker.close();
+        self.inner.draining.cancel();
     }
+
+    /// Waits until no task is running or waiting here.
+    pub async fn idle(&self) {
+        while !self.inner.cancels.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Shutdown, at the end of the grace: stops what still runs (a task alone ends `failed`;
+    /// with the shared queue it is handed back for another replica), ends the streams still
+    /// open and the background loops. Then [`TaskRunner::wait`] for them to record it.
+    pub fn stop(&self) {
+        self.inner.tracker.close();
+        self.inner.draining.cancel();
+        self.inner.shutdown.cancel();
+    }
+
+    /// Waits for every spawned job to end (after [`TaskRunner::stop`]).
+    pub async fn wait(&self) {
+        self.inner.tracker.wait().await;
+    }
+
+    /// The whole shutdown of the runner alone (tests): drain, up to `grace` for what runs,
+    /// stop, and up to 5 s for it to end.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.drain();
+        let _ = tokio::time::timeout(grace, self.idle()).await;
+        self.stop();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.wait()).await;
+    }
+}
+
+/// How a task's run ended, for its queue entry.
+enum Outcome {
+    /// Its final state is written (or nothing is left to write): acknowledge the entry.
+    Recorded,
+    /// Its final state could not be written: leave the entry for another replica.
+    Unrecorded,
+    /// Stopped by shutdown before it finished: hand the entry back at once.
+    HandBack,
 }
 
 fn queue_full(size: usize) -> AgentError {

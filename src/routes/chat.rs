@@ -66,6 +66,21 @@ pub struct ChatInput {
     #[serde(default)]
     #[schema(min_length = 1, max_length = 256)]
     pub model: Option<String>,
+    /// When the conversation is busy with another turn: `wait` (the default, at most
+    /// `TURN_WAIT_SECS`, then 409) or `reject` (409 at once). 409 carries `Retry-After`.
+    #[serde(default)]
+    #[schema(value_type = Option<IfBusy>)]
+    pub if_busy: Option<String>,
+}
+
+/// The values of `if_busy` (for the document; the field is read as text so that a bad value is
+/// a 422 that names it).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code, reason = "documents the field's values")]
+pub enum IfBusy {
+    Wait,
+    Reject,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -161,6 +176,18 @@ impl ChatInput {
         {
             errors.push(e);
         }
+        let turn_wait = match self.if_busy.as_deref() {
+            None | Some("wait") => config.turn_wait,
+            Some("reject") => std::time::Duration::ZERO,
+            Some(_) => {
+                errors.push(FieldError {
+                    loc: vec![json!(root), json!("if_busy")],
+                    msg: "Input should be 'wait' or 'reject'".into(),
+                    kind: "enum".into(),
+                });
+                config.turn_wait
+            }
+        };
         if !errors.is_empty() {
             return Err(ApiError::Validation(errors));
         }
@@ -174,6 +201,9 @@ impl ChatInput {
             max_tokens: max_tokens as u32,
             model: self.model.unwrap_or_else(|| config.chat_model.clone()),
             max_history_tokens: config.max_history_tokens,
+            turn_wait,
+            turn_timeout: config.turn_timeout,
+            frame_timeout: config.stream_write_timeout,
         })
     }
 }
@@ -195,6 +225,8 @@ pub struct ChatQuery {
     pub max_completion_tokens: Option<String>,
     #[param(min_length = 1, max_length = 256)]
     pub model: Option<String>,
+    #[param(value_type = Option<IfBusy>)]
+    pub if_busy: Option<String>,
 }
 
 impl ChatQuery {
@@ -230,6 +262,7 @@ impl ChatQuery {
             conversation_id: self.conversation_id,
             system_prompt: self.system_prompt,
             model: self.model,
+            if_busy: self.if_busy,
         };
         if errors.is_empty() {
             Ok(input)
@@ -314,6 +347,24 @@ mod tests {
             ..msg("hi")
         };
         assert_eq!(check(i), vec!["\"max_completion_tokens\""]);
+        for (v, ok) in [
+            ("wait", true),
+            ("reject", true),
+            ("later", false),
+            ("", false),
+        ] {
+            let i = ChatInput {
+                if_busy: Some(v.into()),
+                ..msg("hi")
+            };
+            assert_eq!(check(i).is_empty(), ok, "{v}");
+        }
+        let reject = ChatInput {
+            if_busy: Some("reject".into()),
+            ..msg("hi")
+        };
+        let turn = reject.validate(&Config::for_tests(), "body").unwrap();
+        assert!(turn.turn_wait.is_zero());
     }
 
     #[test]

@@ -55,8 +55,9 @@ pub async fn stream_chat_get(
 async fn start(state: AppState, caller: Caller, turn: ChatTurn) -> Result<Response, ApiError> {
     let permit = state.open_stream(&caller.owner).await?;
     let (_, events) = agent::stream_turn(
-        state.llm.as_ref(),
+        &state.llm,
         state.conversations.as_ref(),
+        &state.runner,
         &caller.owner,
         turn,
     )
@@ -86,7 +87,7 @@ pub fn sse_response(
         .interval(state.config.sse_keepalive)
         .text("keep-alive");
     let open = (GaugeGuard::new(&state.metrics.open_streams), permit);
-    let events = events.map(move |e| {
+    let events = until_stopped(events, state.runner.shutdown_token()).map(move |e| {
         let _held = &open;
         e
     });
@@ -95,6 +96,30 @@ pub fn sse_response(
     headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     res
+}
+
+/// The frame a stream still open when the shutdown's grace is over ends with.
+pub fn shutting_down() -> Event {
+    Event::default()
+        .event("error")
+        .data(json!({"detail": "server shutting down", "retryable": true}).to_string())
+}
+
+/// `events` until they end, or until `stop` (the end of the shutdown's grace): then one
+/// [`shutting_down`] frame, and the stream ends (dropping `events` cancels their turn).
+fn until_stopped(
+    events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
+    stop: tokio_util::sync::CancellationToken,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    let events = Box::pin(events);
+    futures::stream::unfold(Some((events, stop)), |st| async move {
+        let (mut events, stop) = st?;
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => Some((Ok(shutting_down()), None)),
+            e = events.next() => e.map(|e| (e, Some((events, stop)))),
+        }
+    })
 }
 
 /// Turns the domain's events into SSE frames, each with an increasing `id:`.

@@ -10,6 +10,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade, close_code};
@@ -163,6 +164,10 @@ impl Session {
         let _open = GaugeGuard::new(&self.state.metrics.open_websockets);
         let cfg = Arc::clone(&self.state.config);
         let closing = self.state.closing.clone();
+        let stop = self.state.runner.shutdown_token();
+        // Every write is bounded: a client that takes nothing for STREAM_WRITE_TIMEOUT_SECS is
+        // gone (its reply is dropped, which cancels its turn).
+        let limit = cfg.stream_write_timeout;
         let mut ping = tokio::time::interval_at(Instant::now() + cfg.ws_ping, cfg.ws_ping);
         let mut last_seen = Instant::now();
         let mut reply: Option<Reply> = None;
@@ -173,12 +178,20 @@ impl Session {
             let idle_deadline = last_seen + cfg.ws_idle_timeout;
             tokio::select! {
                 biased;
-                _ = closing.cancelled() => {
-                    let _ = tx.send(close(close_code::AWAY, "server shutting down")).await;
+                // Shutdown: a reply in progress may finish within the grace; then 1001.
+                _ = closing.cancelled(), if reply.is_none() => {
+                    deliver(&mut tx, close(close_code::AWAY, "server shutting down"), limit).await;
+                    break;
+                }
+                _ = stop.cancelled() => {
+                    let over = json!({"error": "server shutting down", "retryable": true});
+                    if deliver(&mut tx, text(&over), limit).await {
+                        deliver(&mut tx, close(close_code::AWAY, "server shutting down"), limit).await;
+                    }
                     break;
                 }
                 _ = self.replaced.cancelled() => {
-                    let _ = tx.send(close(CLOSE_REPLACED, "replaced by a newer connection")).await;
+                    deliver(&mut tx, close(CLOSE_REPLACED, "replaced by a newer connection"), limit).await;
                     break;
                 }
                 Some(out) = next_of(&mut reply) => {
@@ -189,7 +202,7 @@ impl Session {
                     if finished {
                         reply = None;
                     }
-                    if tx.send(text(&out)).await.is_err() {
+                    if !deliver(&mut tx, text(&out), limit).await {
                         break;
                     }
                 }
@@ -213,30 +226,31 @@ impl Session {
                             "more than {} frames a minute that do not call the model",
                             cfg.ws_max_frames_per_minute
                         )});
-                        let _ = tx.send(text(&over)).await;
-                        let _ = tx.send(close(close_code::POLICY, "too many frames")).await;
+                        if deliver(&mut tx, text(&over), limit).await {
+                            deliver(&mut tx, close(close_code::POLICY, "too many frames"), limit).await;
+                        }
                         break;
                     }
                     if let Some(answer) = answer
-                        && tx.send(text(&answer)).await.is_err()
+                        && !deliver(&mut tx, text(&answer), limit).await
                     {
                         break;
                     }
                 }
                 _ = ping.tick() => {
-                    if tx.send(Message::Ping(Default::default())).await.is_err() {
+                    if !deliver(&mut tx, Message::Ping(Default::default()), limit).await {
                         break;
                     }
                 }
                 _ = tokio::time::sleep_until(idle_deadline), if reply.is_none() => {
-                    let _ = tx.send(close(close_code::NORMAL, "idle timeout")).await;
+                    deliver(&mut tx, close(close_code::NORMAL, "idle timeout"), limit).await;
                     break;
                 }
             }
         }
         // Dropping `reply` here cancels the upstream call of a reply still running.
         drop(reply);
-        let _ = tx.close().await;
+        let _ = tokio::time::timeout(limit, tx.close()).await;
     }
 
     /// Handles one client frame; returns an immediate answer, if any.
@@ -298,8 +312,9 @@ impl Session {
                     return futures::stream::once(async move { frame }).boxed();
                 }
                 match agent::stream_turn(
-                    state.llm.as_ref(),
+                    &state.llm,
                     state.conversations.as_ref(),
+                    &state.runner,
                     &owner,
                     turn,
                 )
@@ -353,6 +368,11 @@ fn event_json(event: TurnEvent) -> Value {
         } => json!({"done": true, "conversation_id": conversation_id, "tokens_used": tokens_used}),
         TurnEvent::Failed(e) => json!({"error": ApiError::from(e).message()}),
     }
+}
+
+/// Sends one frame within `limit`: false when the client is gone or took nothing for that long.
+async fn deliver<Tx: Sink<Message> + Unpin>(tx: &mut Tx, msg: Message, limit: Duration) -> bool {
+    matches!(tokio::time::timeout(limit, tx.send(msg)).await, Ok(Ok(())))
 }
 
 /// The next item of the reply in progress; pending forever when there is none.

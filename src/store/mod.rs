@@ -32,8 +32,6 @@ pub struct StoreLimits {
     pub task_ttl: Duration,
     /// `MAX_STORE_MIB`, in bytes (memory store).
     pub max_bytes: usize,
-    /// `TURN_WAIT_SECS`: how long a turn waits for a conversation busy with another turn.
-    pub turn_wait: Duration,
 }
 
 impl StoreLimits {
@@ -47,7 +45,6 @@ impl StoreLimits {
             max_tasks_per_key: c.max_tasks_per_key,
             task_ttl: c.task_ttl,
             max_bytes: c.max_store_bytes,
-            turn_wait: c.turn_wait,
         }
     }
 
@@ -62,7 +59,6 @@ impl StoreLimits {
             max_tasks_per_key: 10_000,
             task_ttl: ttl,
             max_bytes: 512 << 20,
-            turn_wait: Duration::from_secs(10),
         }
     }
 }
@@ -82,12 +78,22 @@ pub enum StoreError {
     /// unfinished): 429, not the server's problem.
     #[error("{0}")]
     Quota(String),
+    /// The conversation was deleted while a turn ran on it; the turn's reply was not kept: 404.
+    #[error("{0}")]
+    Deleted(String),
 }
 
 impl StoreError {
     /// The answer to a turn that waited its `TURN_WAIT_SECS` for a busy conversation.
     pub fn busy() -> Self {
         Self::Busy("the conversation is busy with another turn; retry later".into())
+    }
+
+    /// The answer to a turn whose conversation was deleted while it ran.
+    pub fn deleted() -> Self {
+        Self::Deleted(
+            "the conversation was deleted while this turn ran; the reply was not saved".into(),
+        )
     }
 }
 
@@ -122,13 +128,15 @@ pub trait TurnLease: Send + Sync {
 
 #[async_trait]
 pub trait ConversationStore: Send + Sync + 'static {
-    /// Waits for the conversation's turn (at most `turn_wait`, then [`StoreError::Busy`]) and
-    /// returns it, creating the conversation if `id` is unknown to this owner. A conversation
-    /// created here becomes visible, and counts, only when its first turn commits.
+    /// Waits for the conversation's turn (at most `wait`, then [`StoreError::Busy`]; zero
+    /// refuses at once) and returns it, creating the conversation if `id` is unknown to this
+    /// owner. A conversation created here becomes visible, and counts, only when its first turn
+    /// commits. A `DELETE` while the turn runs wins: its commit is [`StoreError::Deleted`].
     async fn begin_turn(
         &self,
         owner: &str,
         id: &str,
+        wait: Duration,
     ) -> Result<Option<Box<dyn TurnLease>>, StoreError>;
     async fn get(&self, owner: &str, id: &str) -> Result<Option<Conversation>, StoreError>;
     /// The owner's conversations, newest first, at most `limit`.

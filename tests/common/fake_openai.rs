@@ -23,6 +23,8 @@ pub struct Behaviour {
     pub status: u16,
     /// Wait before answering at all (headers included).
     pub delay: Duration,
+    /// Non-streamed calls only: wait this much more before answering.
+    pub unary_delay: Duration,
     /// Streams: wait after the headers before the first chunk.
     pub first_chunk_delay: Duration,
     /// Streams: wait between chunks.
@@ -52,6 +54,7 @@ impl Default for Behaviour {
             chunks: 5,
             status: 200,
             delay: Duration::ZERO,
+            unary_delay: Duration::ZERO,
             first_chunk_delay: Duration::ZERO,
             chunk_delay: Duration::ZERO,
             garbage: false,
@@ -230,6 +233,7 @@ async fn completions(
     let usage =
         json!({"prompt_tokens": USAGE.0, "completion_tokens": USAGE.1, "total_tokens": USAGE.2});
     if req["stream"] != json!(true) {
+        tokio::time::sleep(b.unary_delay).await;
         let mut completion = json!({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 1_700_000_000,
             "model": model, "system_fingerprint": null,
@@ -268,8 +272,10 @@ async fn completions(
         done: false,
     };
     let state = (events.into_iter().enumerate(), guard, false);
+    // Shared, not cloned per chunk: the content may be many MiB.
+    let b = Arc::new(b);
     let stream = futures::stream::unfold(state, move |(mut it, mut guard, ended)| {
-        let b = b.clone();
+        let b = Arc::clone(&b);
         async move {
             if ended {
                 return None;

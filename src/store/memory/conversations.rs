@@ -64,7 +64,6 @@ pub struct Inner {
     max_per_key: usize,
     max_messages: usize,
     ttl: Duration,
-    turn_wait: Duration,
 }
 
 /// One key's conversations.
@@ -104,6 +103,9 @@ struct Data {
     committed: bool,
     /// What it is charged against the byte budget (0 until committed).
     bytes: usize,
+    /// Taken out of the map (deleted, evicted, expired): a turn still holding it commits
+    /// nothing, so that a `DELETE` during a turn is not undone by that turn.
+    removed: bool,
 }
 
 impl Slot {
@@ -158,7 +160,6 @@ impl MemoryConversationStore {
                 max_per_key: limits.max_conversations_per_key,
                 max_messages: limits.max_messages,
                 ttl: limits.conversation_ttl,
-                turn_wait: limits.turn_wait,
             }),
         }
     }
@@ -192,7 +193,11 @@ impl Inner {
         let (_, slot) = self
             .map
             .remove_if(key, |_, slot| still(slot) && slot.data().committed)?;
-        let bytes = std::mem::take(&mut slot.data().bytes);
+        let bytes = {
+            let mut data = slot.data();
+            data.removed = true;
+            std::mem::take(&mut data.bytes)
+        };
         self.len.fetch_sub(1, Ordering::Relaxed);
         slot.owner.count.fetch_sub(1, Ordering::Relaxed);
         slot.owner.bytes.fetch_sub(bytes, Ordering::Relaxed);
@@ -359,6 +364,7 @@ impl Inner {
                 last_used: Instant::now(),
                 committed: false,
                 bytes: 0,
+                removed: false,
             }),
         });
         match self.map.entry(key) {
@@ -456,6 +462,11 @@ impl TurnLease for MemoryTurn {
         }
         let delta: isize = {
             let mut data = slot.data();
+            // Deleted while this turn ran: the DELETE wins (checked under the lock that the
+            // removal takes to release the conversation's bytes, so neither can miss the other).
+            if data.removed {
+                return Err(StoreError::deleted());
+            }
             data.messages.extend(new_messages);
             trim(&mut data.messages, store.max_messages);
             let bytes = bytes_of(&data.messages);
@@ -507,6 +518,7 @@ impl ConversationStore for MemoryConversationStore {
         &self,
         owner: &str,
         id: &str,
+        wait: Duration,
     ) -> Result<Option<Box<dyn TurnLease>>, StoreError> {
         let key = key_of(owner, id);
         let (slot, guard) = loop {
@@ -530,10 +542,11 @@ impl ConversationStore for MemoryConversationStore {
             }
             let guard = match Arc::clone(&slot.turn).try_lock_owned() {
                 Ok(guard) => guard,
-                // Busy: wait for it, at most TURN_WAIT_SECS (the timer only when needed).
+                Err(_) if wait.is_zero() => return Err(StoreError::busy()),
+                // Busy: wait for it, at most `wait` (the timer only when needed).
                 Err(_) => {
-                    let wait = Arc::clone(&slot.turn).lock_owned();
-                    tokio::time::timeout(self.turn_wait, wait)
+                    let lock = Arc::clone(&slot.turn).lock_owned();
+                    tokio::time::timeout(wait, lock)
                         .await
                         .map_err(|_| StoreError::busy())?
                 }
@@ -621,6 +634,8 @@ impl ConversationStore for MemoryConversationStore {
 mod tests {
     use super::*;
 
+    const WAIT: Duration = Duration::from_secs(10);
+
     fn msgs(n: usize) -> Vec<Message> {
         let mut v = vec![Message::new("system", "s")];
         for i in 0..n {
@@ -641,7 +656,7 @@ mod tests {
     async fn turns(s: &MemoryConversationStore, owner: &str, ids: std::ops::Range<usize>) {
         for i in ids {
             let t = s
-                .begin_turn(owner, &format!("c{i}"))
+                .begin_turn(owner, &format!("c{i}"), WAIT)
                 .await
                 .unwrap()
                 .unwrap();
@@ -666,14 +681,14 @@ mod tests {
     #[tokio::test]
     async fn a_failed_first_turn_leaves_nothing_and_ids_are_per_key() {
         let s = store(10, 10);
-        drop(s.begin_turn("a", "c1").await.unwrap().unwrap());
+        drop(s.begin_turn("a", "c1", WAIT).await.unwrap().unwrap());
         assert!(s.get("a", "c1").await.unwrap().is_none());
         assert_eq!(s.map.len(), 0, "a failed first turn is not even in the map");
         assert_eq!(s.count().await.unwrap(), 0);
         // Both keys can use the same id, each its own conversation.
-        let t = s.begin_turn("a", "c1").await.unwrap().unwrap();
+        let t = s.begin_turn("a", "c1", WAIT).await.unwrap().unwrap();
         t.commit(msgs(2)).await.unwrap();
-        let t = s.begin_turn("b", "c1").await.unwrap().unwrap();
+        let t = s.begin_turn("b", "c1", WAIT).await.unwrap().unwrap();
         assert!(t.history().is_empty(), "b never sees a's conversation");
         t.commit(msgs(4)).await.unwrap();
         assert_eq!(s.get("a", "c1").await.unwrap().unwrap().messages.len(), 3);
@@ -692,7 +707,7 @@ mod tests {
         turns(&s, "other", 0..5).await;
         for i in 0..50 {
             drop(
-                s.begin_turn("attacker", &format!("x{i}"))
+                s.begin_turn("attacker", &format!("x{i}"), WAIT)
                     .await
                     .unwrap()
                     .unwrap(),
@@ -721,20 +736,20 @@ mod tests {
     #[tokio::test]
     async fn a_key_whose_conversations_are_all_busy_gets_429_others_go_on() {
         let s = store(100, 2);
-        let _one = s.begin_turn("a", "one").await.unwrap().unwrap();
-        let t = s.begin_turn("a", "two").await.unwrap().unwrap();
+        let _one = s.begin_turn("a", "one", WAIT).await.unwrap().unwrap();
+        let t = s.begin_turn("a", "two", WAIT).await.unwrap().unwrap();
         t.commit(msgs(2)).await.unwrap();
-        let _two = s.begin_turn("a", "two").await.unwrap().unwrap();
+        let _two = s.begin_turn("a", "two", WAIT).await.unwrap().unwrap();
         // "one" is not committed yet; commit it so that a holds 2, both busy.
         drop(_one);
-        let t = s.begin_turn("a", "one").await.unwrap().unwrap();
+        let t = s.begin_turn("a", "one", WAIT).await.unwrap().unwrap();
         t.commit(msgs(2)).await.unwrap();
-        let _one = s.begin_turn("a", "one").await.unwrap().unwrap();
+        let _one = s.begin_turn("a", "one", WAIT).await.unwrap().unwrap();
         assert!(matches!(
-            s.begin_turn("a", "three").await,
+            s.begin_turn("a", "three", WAIT).await,
             Err(StoreError::Quota(_))
         ));
-        assert!(s.begin_turn("b", "three").await.unwrap().is_some());
+        assert!(s.begin_turn("b", "three", WAIT).await.unwrap().is_some());
     }
 
     #[tokio::test]
@@ -775,7 +790,11 @@ mod tests {
             ..StoreLimits::new(1000, 10, Duration::from_secs(60))
         });
         for i in 0..20 {
-            let t = s.begin_turn("a", &format!("c{i}")).await.unwrap().unwrap();
+            let t = s
+                .begin_turn("a", &format!("c{i}"), WAIT)
+                .await
+                .unwrap()
+                .unwrap();
             t.commit(vec![Message::new("user", "x".repeat(1000))])
                 .await
                 .unwrap();
@@ -807,7 +826,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_creators_keep_the_bound_and_the_rings_whole() {
         let s = store(2048, 100_000);
-        let busy = s.begin_turn("a", "busy").await.unwrap().unwrap();
+        let busy = s.begin_turn("a", "busy", WAIT).await.unwrap().unwrap();
         let creators: Vec<_> = (0..4)
             .map(|w| {
                 let s = s.clone();
@@ -815,7 +834,7 @@ mod tests {
                 tokio::spawn(async move {
                     for i in 0..2000 {
                         let t = s
-                            .begin_turn(&format!("k{}", i % 3), &format!("w{w}-{i}"))
+                            .begin_turn(&format!("k{}", i % 3), &format!("w{w}-{i}"), WAIT)
                             .await
                             .unwrap()
                             .unwrap();
@@ -849,9 +868,9 @@ mod tests {
     #[tokio::test]
     async fn a_turn_that_waited_on_a_conversation_deleted_meanwhile_starts_it_anew() {
         let s = store(10, 10);
-        let t = s.begin_turn("a", "c").await.unwrap().unwrap();
+        let t = s.begin_turn("a", "c", WAIT).await.unwrap().unwrap();
         t.commit(msgs(2)).await.unwrap();
-        let running = s.begin_turn("a", "c").await.unwrap().unwrap();
+        let running = s.begin_turn("a", "c", WAIT).await.unwrap().unwrap();
         let waiter = {
             let s = s.clone();
             #[expect(
@@ -859,7 +878,7 @@ mod tests {
                 reason = "the waiting turn runs beside the test"
             )]
             tokio::spawn(async move {
-                let t = s.begin_turn("a", "c").await.unwrap().unwrap();
+                let t = s.begin_turn("a", "c", WAIT).await.unwrap().unwrap();
                 let before = t.history().len();
                 t.commit(vec![Message::new("user", "after")]).await.unwrap();
                 before
@@ -879,11 +898,11 @@ mod tests {
     #[tokio::test]
     async fn conversations_in_a_turn_are_never_evicted() {
         let s = store(1, 10);
-        let t = s.begin_turn("a", "one").await.unwrap().unwrap();
+        let t = s.begin_turn("a", "one", WAIT).await.unwrap().unwrap();
         t.commit(msgs(2)).await.unwrap();
-        let _busy = s.begin_turn("a", "one").await.unwrap().unwrap();
+        let _busy = s.begin_turn("a", "one", WAIT).await.unwrap().unwrap();
         assert!(matches!(
-            s.begin_turn("b", "two").await,
+            s.begin_turn("b", "two", WAIT).await,
             Err(StoreError::Full(_))
         ));
     }

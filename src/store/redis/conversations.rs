@@ -102,6 +102,9 @@ struct RedisTurn {
     settings: RedisSettings,
     renewer: Option<JoinHandle<()>>,
     committed: bool,
+    /// The conversation existed when the turn began: if it is gone at the commit, it was
+    /// deleted meanwhile, and the commit must not create it again.
+    existed: bool,
 }
 
 impl Drop for RedisTurn {
@@ -144,7 +147,8 @@ impl TurnLease for RedisTurn {
             .arg(&now)
             .arg(self.settings.limits.conversation_ttl.as_millis() as u64)
             .arg(self.settings.limits.max_messages)
-            .arg(&self.id);
+            .arg(&self.id)
+            .arg(if self.existed { "1" } else { "0" });
         for m in &new_messages {
             script.arg(serde_json::to_string(m).unwrap_or_default());
         }
@@ -164,6 +168,7 @@ impl TurnLease for RedisTurn {
             Err(e) if e.to_string().contains("LEASE_LOST") => Err(StoreError::Unavailable(
                 "the conversation's turn lease was lost; the turn was not saved".into(),
             )),
+            Err(e) if e.to_string().contains("DELETED") => Err(StoreError::deleted()),
             Err(e) => Err(unavailable(e)),
         }
     }
@@ -175,12 +180,13 @@ impl ConversationStore for RedisConversationStore {
         &self,
         owner: &str,
         id: &str,
+        wait: Duration,
     ) -> Result<Option<Box<dyn TurnLease>>, StoreError> {
         let r = &self.redis;
         let mut c = r.conn.clone();
         let (meta, msgs, lock) = self.keys(owner, id);
         let token = uuid::Uuid::new_v4().to_string();
-        let deadline = tokio::time::Instant::now() + self.settings.limits.turn_wait;
+        let deadline = tokio::time::Instant::now() + wait;
         let mut pause = Duration::from_millis(5);
         loop {
             let got: Option<String> = redis::cmd("SET")
@@ -227,6 +233,7 @@ impl ConversationStore for RedisConversationStore {
             settings: self.settings.clone(),
             renewer: Some(renewer),
             committed: false,
+            existed: false,
         };
         // Read under the lease: this is the history no other turn can change now.
         let (exists, raw): (bool, Vec<String>) = redis::pipe()
@@ -235,6 +242,7 @@ impl ConversationStore for RedisConversationStore {
             .query_async(&mut c)
             .await
             .map_err(unavailable)?;
+        turn.existed = exists;
         if !exists {
             // A new conversation: refuse it now, before the model is called, if no room could
             // be made at its commit.

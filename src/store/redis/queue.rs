@@ -1,12 +1,16 @@
 //! The shared task queue: a Redis stream with one consumer group.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
 
 use super::{Redis, unavailable};
 use crate::store::StoreError;
+
+static LEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/task_lease.lua")));
 
 /// The shared task queue: a stream with one consumer group; entries are leased to the replica
 /// that read them and taken over by another when their idle time passes the lease.
@@ -133,20 +137,30 @@ impl RedisQueue {
         Ok(entries(reply.claimed).into_iter().next())
     }
 
-    /// Renews the lease on an entry (resets its idle time).
-    pub async fn renew(&self, entry: &str) -> Result<(), StoreError> {
+    /// Renews the lease on an entry (resets its idle time) if it is still this replica's:
+    /// false when another replica has taken it over, which then runs the task alone.
+    pub async fn renew(&self, entry: &str) -> Result<bool, StoreError> {
+        self.lease_entry(entry, 0).await
+    }
+
+    /// Hands an unfinished entry back (shutdown): its idle time is set to the lease, so that
+    /// another replica takes it over at once instead of waiting for the lease to pass.
+    pub async fn hand_back(&self, entry: &str) -> Result<bool, StoreError> {
+        self.lease_entry(entry, self.lease.as_millis() as u64).await
+    }
+
+    async fn lease_entry(&self, entry: &str, idle_ms: u64) -> Result<bool, StoreError> {
         let mut c = self.redis.conn.clone();
-        let _: redis::Value = redis::cmd("XCLAIM")
-            .arg(&self.stream)
+        let ours: i64 = LEASE
+            .key(&self.stream)
             .arg(self.group)
             .arg(&self.consumer)
-            .arg(0)
             .arg(entry)
-            .arg("JUSTID")
-            .query_async(&mut c)
+            .arg(idle_ms)
+            .invoke_async(&mut c)
             .await
             .map_err(unavailable)?;
-        Ok(())
+        Ok(ours == 1)
     }
 
     pub async fn done(&self, entry: &str) -> Result<(), StoreError> {

@@ -42,7 +42,9 @@ end
 while redis.call('ZCARD', all) >= max_total do
   if not drop_one(all, false, 256) then return redis.error_reply('FULL') end
 end
-redis.call('SET', KEYS[1], json)
+-- Every task key expires, from the start: one that never finishes (its replica gone, Redis
+-- failing at the end) is not kept forever. Finishing sets the finished task's own TTL.
+redis.call('SET', KEYS[1], json, 'PX', index_ttl)
 redis.call('ZADD', mine, created, id)
 redis.call('PEXPIRE', mine, index_ttl)
 redis.call('ZADD', all, created, id)
