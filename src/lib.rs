@@ -119,8 +119,10 @@ pub async fn serve(
     state.runner.drain();
     drop(listener);
     drop(open_rx);
+    // Upgraded connections (WebSockets) have left hyper's hands: they are counted apart.
     let finished = async {
         open_tx.closed().await;
+        state.sockets.all_closed().await;
         state.runner.idle().await;
     };
     if tokio::time::timeout_at(stop_at, finished).await.is_err() {
@@ -129,6 +131,7 @@ pub async fn serve(
     state.runner.stop();
     let ended = async {
         open_tx.closed().await;
+        state.sockets.all_closed().await;
         state.runner.wait().await;
     };
     if tokio::time::timeout_at(deadline, ended).await.is_err() {

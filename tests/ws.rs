@@ -195,6 +195,39 @@ async fn shutdown_closes_sockets_with_1001() {
 }
 
 #[tokio::test]
+async fn shutdown_lets_a_reply_run_within_the_grace_then_says_so_and_closes_1001() {
+    let fake = FakeOpenAi::start_with(Behaviour {
+        chunks: 50,
+        chunk_delay: Duration::from_millis(100),
+        content: "word ".repeat(50),
+        ..Default::default()
+    })
+    .await;
+    let app = TestApp::with_fake(&fake, |c| c.shutdown_grace = Duration::from_secs(1)).await;
+    let mut ws = connect(&app, "long").await;
+    send(&mut ws, json!({"message": "a long one"})).await;
+    assert!(next(&mut ws).await["content"].is_string());
+    let stopping = tokio::spawn_stop(app);
+    // The reply goes on while the grace lasts (5 s of answer, 1 s of grace).
+    let mut contents = 0;
+    let last = loop {
+        let v = next(&mut ws).await;
+        if v["content"].is_string() {
+            contents += 1;
+        } else {
+            break v;
+        }
+    };
+    assert!(contents >= 3, "{contents}");
+    assert_eq!(
+        last,
+        json!({"error": "server shutting down", "retryable": true})
+    );
+    assert_eq!(next(&mut ws).await["close"], 1001);
+    stopping.await.unwrap();
+}
+
+#[tokio::test]
 async fn idle_sockets_are_closed_and_pings_are_sent() {
     let app = TestApp::echo(|c| {
         c.ws_ping = Duration::from_millis(100);

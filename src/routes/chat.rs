@@ -275,7 +275,8 @@ impl ChatQuery {
 /// `POST /chat`: one turn, answered whole.
 #[utoipa::path(post, path = "/chat", tag = "chat", request_body = ChatInput,
     responses((status = 200, body = ChatResponse),
-        (status = 409, description = "The conversation stayed busy with another turn for TURN_WAIT_SECS (Retry-After set)", body = DetailError),
+        (status = 404, description = "The conversation was deleted while this turn ran; the reply was not saved", body = DetailError),
+        (status = 409, description = "The conversation is busy with another turn: at once with `if_busy: reject`, else after TURN_WAIT_SECS (Retry-After set)", body = DetailError),
         ModelCallErrors), security(("api_key" = []), ("bearer" = [])))]
 pub async fn create_chat(
     State(state): State<AppState>,

@@ -4,8 +4,10 @@
 //!
 //! Errors before the first byte (validation, unknown conversation, the upstream refusing the
 //! call) are ordinary JSON errors. After it, an error is one `event: error` frame with
-//! `{"detail": ...}`, and the stream ends. A client that leaves drops the stream, which cancels
-//! the upstream call and leaves the conversation as it was.
+//! `{"detail": ...}`, and the stream ends. A client that leaves (or takes no frame for
+//! `STREAM_WRITE_TIMEOUT_SECS`) drops the stream, which cancels the turn and its upstream call
+//! and leaves the conversation as it was. A stream still open when the shutdown's grace is over
+//! ends with `event: error` `{"detail": "server shutting down", "retryable": true}`.
 
 use std::convert::Infallible;
 
@@ -27,8 +29,8 @@ use crate::routes::chat::{ChatInput, ChatQuery};
 use crate::state::AppState;
 
 #[utoipa::path(post, path = "/chat/stream", tag = "chat", request_body = ChatInput,
-    responses((status = 200, description = "Server-Sent Events: `data: {\"content\"}` frames, then `data: {\"done\": true, \"conversation_id\", \"tokens_used\"}`; an error after the first byte is `event: error` with `{\"detail\"}`", content_type = "text/event-stream", body = SseEvent),
-        (status = 409, description = "The conversation stayed busy with another turn for TURN_WAIT_SECS (Retry-After set)", body = DetailError),
+    responses((status = 200, description = "Server-Sent Events: `data: {\"content\"}` frames, then `data: {\"done\": true, \"conversation_id\", \"tokens_used\"}`; an error after the first byte (the upstream failing, TURN_TIMEOUT_SECS, the conversation deleted meanwhile) is `event: error` with `{\"detail\"}`; at shutdown `{\"detail\": \"server shutting down\", \"retryable\": true}`", content_type = "text/event-stream", body = SseEvent),
+        (status = 409, description = "The conversation is busy with another turn: at once with `if_busy: reject`, else after TURN_WAIT_SECS (Retry-After set)", body = DetailError),
         ModelCallErrors), security(("api_key" = []), ("bearer" = [])))]
 pub async fn stream_chat(
     State(state): State<AppState>,
@@ -41,7 +43,7 @@ pub async fn stream_chat(
 
 #[utoipa::path(get, path = "/chat/stream", tag = "chat", params(ChatQuery),
     responses((status = 200, description = "The same stream as POST, for a browser's EventSource (`?api_key=` accepted here)", content_type = "text/event-stream", body = SseEvent),
-        (status = 409, description = "The conversation stayed busy with another turn for TURN_WAIT_SECS (Retry-After set)", body = DetailError),
+        (status = 409, description = "The conversation is busy with another turn: at once with `if_busy: reject`, else after TURN_WAIT_SECS (Retry-After set)", body = DetailError),
         ModelCallErrors), security(("api_key" = []), ("bearer" = []), ("api_key_query" = [])))]
 pub async fn stream_chat_get(
     State(state): State<AppState>,

@@ -5,7 +5,10 @@
 //! `{"done": true, "conversation_id", "tokens_used"}`; a bad frame or a failure gets
 //! `{"error"}` and the socket stays open. One conversation per socket unless the client names
 //! another. Server pings keep it alive; an idle socket is closed; a second socket with the same
-//! `client_id` (and key) replaces the first; shutdown closes every socket with 1001.
+//! `client_id` (and key) replaces the first; a client that takes nothing for
+//! `STREAM_WRITE_TIMEOUT_SECS` is gone (its reply's turn is cancelled). Shutdown closes an idle
+//! socket with 1001 at once, and one with a reply in progress when the reply ends or at the
+//! end of the grace (after `{"error": "server shutting down", "retryable": true}`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -66,6 +69,13 @@ impl SocketRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.open.is_empty()
+    }
+
+    /// Waits until every socket has closed (shutdown).
+    pub async fn all_closed(&self) {
+        while !self.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -180,18 +190,18 @@ impl Session {
                 biased;
                 // Shutdown: a reply in progress may finish within the grace; then 1001.
                 _ = closing.cancelled(), if reply.is_none() => {
-                    deliver(&mut tx, close(close_code::AWAY, "server shutting down"), limit).await;
+                    deliver(&mut tx, close(close_code::AWAY, "server shutting down"), limit, &stop).await;
                     break;
                 }
                 _ = stop.cancelled() => {
                     let over = json!({"error": "server shutting down", "retryable": true});
-                    if deliver(&mut tx, text(&over), limit).await {
-                        deliver(&mut tx, close(close_code::AWAY, "server shutting down"), limit).await;
+                    if reply.is_none() || last_words(&mut tx, text(&over)).await {
+                        last_words(&mut tx, close(close_code::AWAY, "server shutting down")).await;
                     }
                     break;
                 }
                 _ = self.replaced.cancelled() => {
-                    deliver(&mut tx, close(CLOSE_REPLACED, "replaced by a newer connection"), limit).await;
+                    deliver(&mut tx, close(CLOSE_REPLACED, "replaced by a newer connection"), limit, &stop).await;
                     break;
                 }
                 Some(out) = next_of(&mut reply) => {
@@ -202,7 +212,7 @@ impl Session {
                     if finished {
                         reply = None;
                     }
-                    if !deliver(&mut tx, text(&out), limit).await {
+                    if !deliver(&mut tx, text(&out), limit, &stop).await {
                         break;
                     }
                 }
@@ -226,30 +236,35 @@ impl Session {
                             "more than {} frames a minute that do not call the model",
                             cfg.ws_max_frames_per_minute
                         )});
-                        if deliver(&mut tx, text(&over), limit).await {
-                            deliver(&mut tx, close(close_code::POLICY, "too many frames"), limit).await;
+                        if deliver(&mut tx, text(&over), limit, &stop).await {
+                            deliver(&mut tx, close(close_code::POLICY, "too many frames"), limit, &stop).await;
                         }
                         break;
                     }
                     if let Some(answer) = answer
-                        && !deliver(&mut tx, text(&answer), limit).await
+                        && !deliver(&mut tx, text(&answer), limit, &stop).await
                     {
                         break;
                     }
                 }
                 _ = ping.tick() => {
-                    if !deliver(&mut tx, Message::Ping(Default::default()), limit).await {
+                    if !deliver(&mut tx, Message::Ping(Default::default()), limit, &stop).await {
                         break;
                     }
                 }
                 _ = tokio::time::sleep_until(idle_deadline), if reply.is_none() => {
-                    deliver(&mut tx, close(close_code::NORMAL, "idle timeout"), limit).await;
+                    deliver(&mut tx, close(close_code::NORMAL, "idle timeout"), limit, &stop).await;
                     break;
                 }
             }
         }
         // Dropping `reply` here cancels the upstream call of a reply still running.
         drop(reply);
+        let limit = if stop.is_cancelled() {
+            Duration::from_secs(1)
+        } else {
+            limit
+        };
         let _ = tokio::time::timeout(limit, tx.close()).await;
     }
 
@@ -370,8 +385,25 @@ fn event_json(event: TurnEvent) -> Value {
     }
 }
 
-/// Sends one frame within `limit`: false when the client is gone or took nothing for that long.
-async fn deliver<Tx: Sink<Message> + Unpin>(tx: &mut Tx, msg: Message, limit: Duration) -> bool {
+/// Sends one frame within `limit`: false when the client is gone, took nothing for that long,
+/// or the shutdown's grace ran out meanwhile (`stop`).
+async fn deliver<Tx: Sink<Message> + Unpin>(
+    tx: &mut Tx,
+    msg: Message,
+    limit: Duration,
+    stop: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        // A frame that goes out at once goes out, whatever else happened.
+        biased;
+        sent = tokio::time::timeout(limit, tx.send(msg)) => matches!(sent, Ok(Ok(()))),
+        () = stop.cancelled() => false,
+    }
+}
+
+/// The last frames after the grace ran out: a second at most each.
+async fn last_words<Tx: Sink<Message> + Unpin>(tx: &mut Tx, msg: Message) -> bool {
+    let limit = Duration::from_secs(1);
     matches!(tokio::time::timeout(limit, tx.send(msg)).await, Ok(Ok(())))
 }
 
