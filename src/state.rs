@@ -15,8 +15,10 @@ use crate::middleware::auth::KeyRing;
 use crate::middleware::rate_limit::RateLimiter;
 use crate::middleware::streams::{StreamPermit, StreamQuota};
 use crate::routes::ws::SocketRegistry;
-use crate::store::redis::{RedisQueue, RedisRateLimiter, RedisSettings, RedisStores, RedisStreams};
-use crate::store::{ConversationStore, StoreError, StoreLimits, TaskStore, memory};
+use crate::store::redis::{RedisRateLimiter, RedisSettings, RedisStores, RedisStreams};
+use crate::store::{
+    ConversationStore, MemoryQueue, StoreError, StoreLimits, TaskQueue, TaskStore, memory,
+};
 
 /// Cloned into every request and every layer: one `Arc`, so a clone is one atomic increment
 /// (profiling showed the clones and drops of a many-`Arc` state at ~3% of a `/chat` request).
@@ -76,7 +78,7 @@ struct Stores {
     tasks: Arc<dyn TaskStore>,
     limiter: Option<Arc<RedisRateLimiter>>,
     streams: Option<Arc<RedisStreams>>,
-    queue: Option<Arc<RedisQueue>>,
+    queue: Arc<dyn TaskQueue>,
 }
 
 impl Stores {
@@ -89,7 +91,7 @@ impl Stores {
                     tasks: Arc::new(tasks),
                     limiter: None,
                     streams: None,
-                    queue: None,
+                    queue: Arc::new(MemoryQueue::new(config.task_lease)),
                 })
             }
             StoreKind::Redis(url) => {
@@ -106,7 +108,7 @@ impl Stores {
                     tasks: redis.tasks,
                     limiter: Some(redis.limiter),
                     streams: Some(redis.streams),
-                    queue: Some(redis.queue),
+                    queue: redis.queue,
                 })
             }
         }
@@ -167,7 +169,7 @@ impl AppStateBuilder {
                 queue_size: config.task_queue_size,
                 timeout: config.task_timeout,
             },
-            stores.queue.clone(),
+            Arc::clone(&stores.queue),
         );
         let limiter = match &stores.limiter {
             Some(shared) => RateLimiter::shared(&config, Arc::clone(shared)),

@@ -16,7 +16,7 @@ use agent_api::llm::http::ProxySettings;
 use agent_api::llm::{LlmProvider, OpenAiProvider};
 use agent_api::metrics::Metrics;
 use agent_api::store::redis::{RedisSettings, RedisStores};
-use agent_api::store::{StoreError, StoreLimits, Task, TaskStatus, TaskStore};
+use agent_api::store::{StoreError, StoreLimits, Task, TaskQueue, TaskStatus, TaskStore};
 use async_trait::async_trait;
 use common::{Behaviour, FakeOpenAi, PrivateRedis, ServerProcess, redis_url};
 use serde_json::json;
@@ -64,7 +64,7 @@ fn runner(llm: Arc<dyn LlmProvider>, tasks: Arc<dyn TaskStore>, s: &Setup) -> Ta
             queue_size: 10,
             timeout: Duration::from_secs(30),
         },
-        Some(Arc::clone(&s.stores.queue)),
+        s.stores.queue.clone(),
     );
     runner.start_workers();
     runner
@@ -173,7 +173,7 @@ async fn a_task_whose_final_write_fails_stays_queued_and_is_finished_after_the_l
         status(&*tasks, &id).await
     );
     assert!(wait_for(5, async || pending(&s).await.is_empty()).await);
-    assert_eq!(s.stores.queue.backlog().await.unwrap(), 0);
+    assert_eq!(s.stores.queue.waiting().await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -228,7 +228,7 @@ async fn an_entry_whose_task_is_final_but_unacknowledged_is_acknowledged_without
         .unwrap();
     let _runner = runner(llm(&fake), s.stores.tasks.clone(), &s);
     assert!(wait_for(10, async || pending(&s).await.is_empty()).await);
-    assert_eq!(s.stores.queue.backlog().await.unwrap(), 0);
+    assert_eq!(s.stores.queue.waiting().await.unwrap(), 0);
     let t = s
         .stores
         .tasks

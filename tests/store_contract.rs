@@ -9,15 +9,23 @@ use std::time::Duration;
 
 use agent_api::llm::Message;
 use agent_api::store::redis::{RedisSettings, RedisStores};
-use agent_api::store::{ConversationStore, StoreError, StoreLimits, Task, TaskStatus, TaskStore};
+use agent_api::store::{
+    ConversationStore, MemoryQueue, StoreError, StoreLimits, Task, TaskQueue, TaskStatus, TaskStore,
+};
 use common::redis_url;
 
 /// How long the suite's turns wait for a busy conversation.
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The task queue's lease in the suite.
+const LEASE: Duration = Duration::from_millis(300);
+
 struct Stores {
     conversations: Arc<dyn ConversationStore>,
     tasks: Arc<dyn TaskStore>,
+    /// Two runners' views of one task queue (memory: one process, so the same queue twice;
+    /// Redis: two replicas).
+    queues: [Arc<dyn TaskQueue>; 2],
 }
 
 /// The limits of the suite: generous, except where a test says otherwise.
@@ -30,23 +38,28 @@ fn limits() -> StoreLimits {
 
 fn memory(limits: StoreLimits) -> Stores {
     let (conversations, tasks) = agent_api::store::memory::stores(&limits);
+    let queue: Arc<dyn TaskQueue> = Arc::new(MemoryQueue::new(LEASE));
     Stores {
         conversations: Arc::new(conversations),
         tasks: Arc::new(tasks),
+        queues: [Arc::clone(&queue), queue],
     }
 }
 
 async fn redis(limits: StoreLimits) -> Stores {
     let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
-    let stores = RedisStores::connect(
-        RedisSettings {
-            url: redis_url(),
-            prefix,
-            limits,
-        },
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let connect = || {
+        RedisStores::connect(
+            RedisSettings {
+                url: redis_url(),
+                prefix: prefix.clone(),
+                limits: limits.clone(),
+            },
+            LEASE,
+        )
+        .unwrap()
+    };
+    let (stores, other) = (connect(), connect());
     stores
         .conversations
         .ready()
@@ -55,6 +68,7 @@ async fn redis(limits: StoreLimits) -> Stores {
     Stores {
         conversations: stores.conversations,
         tasks: stores.tasks,
+        queues: [stores.queue, other.queue],
     }
 }
 
@@ -513,6 +527,83 @@ async fn a_delete_during_a_turn_wins(s: Stores) {
     );
 }
 
+async fn the_queue_leases_entries_and_takes_over_only_lapsed_ones(s: Stores) {
+    let [a, b] = &s.queues;
+    assert_eq!(a.waiting().await.unwrap(), 0);
+    assert!(a.read(Duration::from_millis(50)).await.unwrap().is_none());
+    a.push("t1").await.unwrap();
+    a.push("t2").await.unwrap();
+    assert_eq!(b.waiting().await.unwrap(), 2);
+    let e1 = a.read(Duration::from_secs(1)).await.unwrap().unwrap();
+    assert_eq!(e1.task_id, "t1", "first in, first out");
+    assert_eq!(
+        a.waiting().await.unwrap(),
+        1,
+        "a taken entry is no longer waiting"
+    );
+    // A leased entry that is renewed is not taken over.
+    assert!(b.claim_stale().await.unwrap().is_none());
+    tokio::time::sleep(LEASE / 2).await;
+    assert!(a.renew(&e1.entry).await.unwrap());
+    tokio::time::sleep(LEASE / 2 + Duration::from_millis(50)).await;
+    assert!(
+        b.claim_stale().await.unwrap().is_none(),
+        "renewed: still a's"
+    );
+    // One that lapses is, and its first runner can neither renew nor hand it back.
+    tokio::time::sleep(LEASE + Duration::from_millis(50)).await;
+    let taken = b.claim_stale().await.unwrap().unwrap();
+    assert_eq!(taken.task_id, "t1");
+    assert!(
+        !a.renew(&e1.entry).await.unwrap(),
+        "a lost it: one runner at a time"
+    );
+    assert!(!a.hand_back(&e1.entry).await.unwrap());
+    assert!(b.renew(&taken.entry).await.unwrap());
+    b.done(&taken.entry).await.unwrap();
+    // A handed-back entry is taken at once, without waiting for the lease.
+    let e2 = b.read(Duration::from_secs(1)).await.unwrap().unwrap();
+    assert_eq!(e2.task_id, "t2");
+    assert!(b.hand_back(&e2.entry).await.unwrap());
+    let again = a.claim_stale().await.unwrap().unwrap();
+    assert_eq!(again.task_id, "t2");
+    a.done(&again.entry).await.unwrap();
+    assert_eq!(a.waiting().await.unwrap(), 0);
+    assert!(
+        a.claim_stale().await.unwrap().is_none(),
+        "acknowledged entries are gone"
+    );
+}
+
+async fn a_reader_waiting_on_an_empty_queue_gets_the_next_push(s: Stores) {
+    let [a, b] = &s.queues;
+    let reader = async { a.read(Duration::from_secs(3)).await.unwrap() };
+    let pusher = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        b.push("late").await.unwrap();
+    };
+    let started = std::time::Instant::now();
+    let (got, ()) = tokio::join!(reader, pusher);
+    assert_eq!(got.unwrap().task_id, "late");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+async fn cancellations_reach_every_listener(s: Stores) {
+    let [a, b] = &s.queues;
+    let mut heard = b.cancellations().await.unwrap();
+    // A subscription takes a moment to be in place (Redis pub/sub).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.publish_cancel("t9").await.unwrap();
+    let id = tokio::time::timeout(Duration::from_secs(2), futures::StreamExt::next(&mut heard))
+        .await
+        .unwrap();
+    assert_eq!(id.as_deref(), Some("t9"));
+}
+
 macro_rules! contract {
     ($($name:ident: $limits:expr),* $(,)?) => {
         mod memory_store {
@@ -545,4 +636,7 @@ contract!(
     the_store_holds_at_most_max_tasks: StoreLimits { max_tasks: 5, ..limits() },
     a_turn_waits_for_a_busy_conversation_at_most_its_wait: limits(),
     a_delete_during_a_turn_wins: limits(),
+    the_queue_leases_entries_and_takes_over_only_lapsed_ones: limits(),
+    a_reader_waiting_on_an_empty_queue_gets_the_next_push: limits(),
+    cancellations_reach_every_listener: limits(),
 );

@@ -1,11 +1,11 @@
-//! Background work: the one place that spawns. Tasks (`POST /task`) run here with bounded
-//! concurrency and a bounded queue, each with a time limit and a cancellation token, so that
-//! every task ends `completed`, `failed` or `cancelled`. Other long-lived work (the store
-//! janitor) is spawned here too, so that shutdown can wait for all of it.
+//! Background work: the one place that spawns. Tasks (`POST /task`) go through a
+//! [`TaskQueue`] (in memory, or Redis shared by the replicas) and run here with bounded
+//! concurrency, each with a time limit and a cancellation token, so that every task ends
+//! `completed`, `failed` or `cancelled`. Other long-lived work (the store janitor, streamed
+//! turns) is spawned here too, so that shutdown can wait for all of it.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -17,8 +17,7 @@ use tokio_util::task::TaskTracker;
 use super::AgentError;
 use crate::llm::{ChatRequest, LlmProvider, Message};
 use crate::metrics::{Metrics, StateLabels};
-use crate::store::redis::{QueueEntry, RedisQueue};
-use crate::store::{Task, TaskStatus, TaskStore};
+use crate::store::{QueueEntry, Task, TaskQueue, TaskStatus, TaskStore};
 
 #[derive(Debug, Clone)]
 pub struct RunnerLimits {
@@ -41,16 +40,14 @@ struct Inner {
     limits: RunnerLimits,
     tracker: TaskTracker,
     slots: Arc<Semaphore>,
-    /// Tasks accepted but not yet running; bounded by `limits.queue_size`.
-    queued: AtomicUsize,
     /// Cancellation tokens of the tasks not yet finished, by id.
     cancels: DashMap<String, CancellationToken>,
     /// Cancelled when shutdown begins: no new queue entries are taken.
     draining: CancellationToken,
     /// Cancelled when the shutdown's grace is over: what still runs is stopped.
     shutdown: CancellationToken,
-    /// With Redis: the queue shared by every replica. Without: tasks run where submitted.
-    queue: Option<Arc<RedisQueue>>,
+    /// The queue: this process's own, or the one shared by every replica.
+    queue: Arc<dyn TaskQueue>,
 }
 
 /// What a task asks of the model.
@@ -67,7 +64,7 @@ impl TaskRunner {
         tasks: Arc<dyn TaskStore>,
         metrics: Arc<Metrics>,
         limits: RunnerLimits,
-        queue: Option<Arc<RedisQueue>>,
+        queue: Arc<dyn TaskQueue>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -77,7 +74,6 @@ impl TaskRunner {
                 slots: Arc::new(Semaphore::new(limits.concurrency)),
                 limits,
                 tracker: TaskTracker::new(),
-                queued: AtomicUsize::new(0),
                 cancels: DashMap::new(),
                 draining: CancellationToken::new(),
                 shutdown: CancellationToken::new(),
@@ -131,59 +127,19 @@ impl TaskRunner {
             created_at: chrono::Utc::now(),
             completed_at: None,
         };
-        if let Some(queue) = &inner.queue {
-            // Shared queue: its length (waiting and running entries) is the bound.
-            if queue.backlog().await? >= inner.limits.queue_size {
-                return Err(queue_full(inner.limits.queue_size));
-            }
-            inner.tasks.insert(task.clone()).await?;
-            if let Err(e) = queue.push(&task.task_id).await {
-                let failed = Some(format!("the task could not be queued: {e}"));
-                let _ = inner
-                    .tasks
-                    .transition(
-                        &task.task_id,
-                        &[TaskStatus::Pending],
-                        TaskStatus::Failed,
-                        failed,
-                    )
-                    .await;
-                return Err(e.into());
-            }
-            return Ok(task);
-        }
-        let queued = inner.queued.fetch_add(1, Ordering::SeqCst);
-        if queued >= inner.limits.queue_size {
-            inner.queued.fetch_sub(1, Ordering::SeqCst);
+        if inner.queue.waiting().await? >= inner.limits.queue_size {
             return Err(queue_full(inner.limits.queue_size));
         }
-        if let Err(e) = inner.tasks.insert(task.clone()).await {
-            inner.queued.fetch_sub(1, Ordering::SeqCst);
+        inner.tasks.insert(task.clone()).await?;
+        if let Err(e) = inner.queue.push(&task.task_id).await {
+            let failed = Some(format!("the task could not be queued: {e}"));
+            let pending = [TaskStatus::Pending];
+            let _ = inner
+                .tasks
+                .transition(&task.task_id, &pending, TaskStatus::Failed, failed)
+                .await;
             return Err(e.into());
         }
-        let token = inner.shutdown.child_token();
-        inner.cancels.insert(task.task_id.clone(), token.clone());
-        let runner = self.clone();
-        let id = task.task_id.clone();
-        self.spawn(async move {
-            let permit = tokio::select! {
-                p = Arc::clone(&runner.inner.slots).acquire_owned() => p.ok(),
-                _ = token.cancelled() => None,
-            };
-            runner.inner.queued.fetch_sub(1, Ordering::SeqCst);
-            match permit {
-                Some(_permit) => {
-                    runner.run(&id, &token, &[TaskStatus::Pending]).await;
-                }
-                None if runner.inner.shutdown.is_cancelled() => {
-                    runner.stopped(&id).await;
-                }
-                None => {
-                    runner.finish(&id, TaskStatus::Cancelled, None).await;
-                }
-            }
-            runner.inner.cancels.remove(&id);
-        });
         Ok(task)
     }
 
@@ -224,7 +180,7 @@ impl TaskRunner {
     /// A task stopped by the end of the shutdown's grace: with the shared queue it goes back
     /// to `pending` for another replica; alone, it ends `failed`.
     async fn stopped(&self, id: &str) -> Outcome {
-        if self.inner.queue.is_none() {
+        if !self.inner.queue.shared() {
             let why = "the server shut down before the task finished";
             return self.finish(id, TaskStatus::Failed, Some(why.into())).await;
         }
@@ -279,94 +235,90 @@ impl TaskRunner {
         Outcome::Unrecorded
     }
 
-    /// With a shared queue: takes entries (new ones, and ones whose replica stopped renewing
-    /// them) while a slot is free, and listens for cancellations from other replicas.
+    /// Takes entries (new ones, and ones whose runner stopped renewing them) while a slot is
+    /// free, and listens for cancellations published by other replicas.
     pub fn start_workers(&self) {
-        let Some(queue) = self.inner.queue.clone() else {
-            return;
-        };
+        let queue = Arc::clone(&self.inner.queue);
         let runner = self.clone();
         let q = Arc::clone(&queue);
         let draining = self.inner.draining.clone();
         self.spawn(async move {
-            let take = async {
-                let mut last_claim = tokio::time::Instant::now();
-                loop {
-                    let Ok(permit) = Arc::clone(&runner.inner.slots).acquire_owned().await else {
-                        return;
-                    };
-                    // Entries handed back at shutdown are taken within a second, not a lease.
-                    let took = if last_claim.elapsed() >= (q.lease / 2).min(Duration::from_secs(1))
-                    {
-                        last_claim = tokio::time::Instant::now();
-                        match q.claim_stale().await {
-                            Ok(Some(e)) => Ok(Some(e)),
-                            Ok(None) => q.read(Duration::from_millis(500)).await,
-                            Err(e) => Err(e),
-                        }
-                    } else {
-                        q.read(Duration::from_millis(500)).await
-                    };
-                    match took {
-                        Ok(Some(entry)) => {
-                            let runner2 = runner.clone();
-                            let q2 = Arc::clone(&q);
-                            runner.spawn(async move {
-                                runner2.run_entry(&q2, entry).await;
-                                drop(permit);
-                            });
-                        }
-                        Ok(None) => drop(permit),
-                        Err(e) => {
-                            drop(permit);
-                            tracing::warn!(error = %e, "task queue unavailable; retrying");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                        }
-                    }
-                }
-            };
-            // Shutdown stops the taking at once (a read in progress is dropped, unacknowledged
-            // and unseen by anyone: its entry stays in the stream for the others).
+            // Shutdown stops the taking at once (a read in progress is dropped: its entry stays
+            // in the queue for the others).
             tokio::select! {
                 () = draining.cancelled() => {}
-                () = take => {}
+                () = runner.take_entries(q) => {}
             }
         });
         let runner = self.clone();
         self.spawn_until_shutdown(async move {
             loop {
-                if let Err(e) = runner.listen_for_cancels(&queue).await {
-                    tracing::warn!(error = %e, "cancellation channel lost; reconnecting");
+                match queue.cancellations().await {
+                    Ok(mut ids) => {
+                        while let Some(id) = ids.next().await {
+                            if let Some(token) = runner.inner.cancels.get(&id) {
+                                token.cancel();
+                            }
+                        }
+                        tracing::warn!("cancellation channel lost; reconnecting");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cancellation channel unavailable; retrying")
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         });
     }
 
-    async fn listen_for_cancels(&self, queue: &RedisQueue) -> Result<(), redis::RedisError> {
-        let mut pubsub = queue.client().get_async_pubsub().await?;
-        pubsub.subscribe(&queue.channel).await?;
-        let mut messages = pubsub.on_message();
-        while let Some(msg) = messages.next().await {
-            let id: String = msg.get_payload()?;
-            if let Some(token) = self.inner.cancels.get(&id) {
-                token.cancel();
+    async fn take_entries(&self, q: Arc<dyn TaskQueue>) {
+        // Entries handed back at shutdown are taken within a second, not a lease.
+        let claim_every = (q.lease() / 2).min(Duration::from_secs(1));
+        let mut last_claim = tokio::time::Instant::now();
+        loop {
+            let Ok(permit) = Arc::clone(&self.inner.slots).acquire_owned().await else {
+                return;
+            };
+            let took = if last_claim.elapsed() >= claim_every {
+                last_claim = tokio::time::Instant::now();
+                match q.claim_stale().await {
+                    Ok(Some(e)) => Ok(Some(e)),
+                    Ok(None) => q.read(Duration::from_millis(500)).await,
+                    Err(e) => Err(e),
+                }
+            } else {
+                q.read(Duration::from_millis(500)).await
+            };
+            match took {
+                Ok(Some(entry)) => {
+                    let runner = self.clone();
+                    let q = Arc::clone(&q);
+                    self.spawn(async move {
+                        runner.run_entry(&*q, entry).await;
+                        drop(permit);
+                    });
+                }
+                Ok(None) => drop(permit),
+                Err(e) => {
+                    drop(permit);
+                    tracing::warn!(error = %e, "task queue unavailable; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             }
         }
-        Ok(())
     }
 
     /// Runs one queue entry while renewing its lease. The entry is acknowledged only once the
     /// task's final state is written; if that write fails, it stays pending, and another
     /// replica takes it over after the lease. If the lease is lost (another replica took the
     /// entry over), this replica stops at once and writes nothing: one runner at a time.
-    async fn run_entry(&self, queue: &RedisQueue, entry: QueueEntry) {
+    async fn run_entry(&self, queue: &dyn TaskQueue, entry: QueueEntry) {
         let inner = &self.inner;
         let token = inner.shutdown.child_token();
         inner.cancels.insert(entry.task_id.clone(), token.clone());
         let heartbeat = async {
             loop {
-                tokio::time::sleep(queue.lease / 3).await;
+                tokio::time::sleep(queue.lease() / 3).await;
                 match queue.renew(&entry.entry).await {
                     Ok(true) => {}
                     Ok(false) => {
@@ -445,9 +397,9 @@ impl TaskRunner {
         if let Some(token) = inner.cancels.get(id) {
             token.cancel();
         }
-        if let (Some(queue), Some(_)) = (&inner.queue, &changed) {
+        if changed.is_some() && inner.queue.shared() {
             // The replica running it may be another one.
-            if let Err(e) = queue.publish_cancel(id).await {
+            if let Err(e) = inner.queue.publish_cancel(id).await {
                 tracing::warn!(task_id = %id, error = %e, "could not announce a cancellation");
             }
         }
@@ -466,10 +418,9 @@ impl TaskRunner {
         self.inner.cancels.len()
     }
 
-    /// (waiting for a slot, running), for `/metrics`.
+    /// (waiting in the queue where it is known at once, running here), for `/metrics`.
     pub fn counts(&self) -> (usize, usize) {
-        let queued = self.inner.queued.load(Ordering::SeqCst);
-        (queued, self.active().saturating_sub(queued))
+        (self.inner.queue.waiting_now().unwrap_or(0), self.active())
     }
 
     /// Shutdown, first step: stops taking queue entries at once (running tasks go on).

@@ -6,6 +6,7 @@ pub mod memory;
 pub mod redis;
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::llm::Message;
 
-pub use memory::{MemoryConversationStore, MemoryTaskStore};
+pub use memory::{MemoryConversationStore, MemoryQueue, MemoryTaskStore};
 
 /// The bounds every store keeps (memory and Redis alike; `max_bytes` is the memory store's).
 #[derive(Debug, Clone)]
@@ -218,5 +219,50 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn sweep(&self) {}
     async fn ready(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+/// One entry of the task queue: its id in the queue and the task it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntry {
+    pub entry: String,
+    pub task_id: String,
+}
+
+/// The task queue beside the stores (memory for one process, Redis for replicas). An entry is
+/// leased to the runner that read it, renewed while that runner works on it, acknowledged
+/// ([`TaskQueue::done`]) once the task's final state is written, and taken over by another
+/// runner ([`TaskQueue::claim_stale`]) when its lease lapses. A runner whose entry was taken
+/// over cannot renew it any more: one runner at a time.
+#[async_trait]
+pub trait TaskQueue: Send + Sync + 'static {
+    /// Entries not yet taken by any runner.
+    async fn waiting(&self) -> Result<usize, StoreError>;
+    /// The same without waiting, where the queue knows it at once (for `/metrics`).
+    fn waiting_now(&self) -> Option<usize> {
+        None
+    }
+    async fn push(&self, task_id: &str) -> Result<(), StoreError>;
+    /// Waits up to `block` for an entry no runner has taken, and takes it.
+    async fn read(&self, block: Duration) -> Result<Option<QueueEntry>, StoreError>;
+    /// Takes over one entry whose lease lapsed (its runner stopped renewing it).
+    async fn claim_stale(&self) -> Result<Option<QueueEntry>, StoreError>;
+    /// Renews the lease on `entry`; false when it is no longer this runner's.
+    async fn renew(&self, entry: &str) -> Result<bool, StoreError>;
+    /// Gives an unfinished entry up (shutdown): the next [`TaskQueue::claim_stale`] anywhere
+    /// takes it at once. False when it was no longer this runner's.
+    async fn hand_back(&self, entry: &str) -> Result<bool, StoreError>;
+    /// Acknowledges an entry whose task's final state is written.
+    async fn done(&self, entry: &str) -> Result<(), StoreError>;
+    /// Tells every runner (on every replica) that a task was cancelled.
+    async fn publish_cancel(&self, task_id: &str) -> Result<(), StoreError>;
+    /// The cancellations published anywhere, as they come; it ends when the channel is lost.
+    async fn cancellations(&self) -> Result<BoxStream<'static, String>, StoreError>;
+    /// How long an entry stays leased without renewal.
+    fn lease(&self) -> Duration;
+    /// Whether other processes take from this queue too (then a task stopped by shutdown is
+    /// handed back rather than failed).
+    fn shared(&self) -> bool {
+        false
     }
 }

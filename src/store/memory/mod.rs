@@ -3,16 +3,19 @@
 //! - [`conversations`]: conversations in per-key namespaces, with per-key quotas and eviction
 //!   that never crosses keys while a key is under its share.
 //! - [`tasks`]: task records, with a per-key quota.
+//! - [`queue`]: the task queue, with the same leases as the Redis one.
 //!
 //! Both draw on one [`ByteBudget`] (`MAX_STORE_MIB`), so that what they hold is bounded in
 //! bytes as well as in count. No DashMap guard is ever held across an `.await`.
 
 pub mod conversations;
+pub mod queue;
 pub mod tasks;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use conversations::MemoryConversationStore;
+pub use queue::MemoryQueue;
 pub use tasks::MemoryTaskStore;
 
 use super::StoreLimits;

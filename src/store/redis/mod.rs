@@ -39,7 +39,7 @@ use tokio::task::JoinHandle;
 
 pub use conversations::RedisConversationStore;
 pub use limiter::RedisRateLimiter;
-pub use queue::{QueueEntry, RedisQueue};
+pub use queue::RedisQueue;
 pub use streams::RedisStreams;
 pub use tasks::RedisTaskStore;
 

@@ -6,8 +6,12 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
 use super::{Redis, unavailable};
-use crate::store::StoreError;
+use crate::store::{QueueEntry, StoreError, TaskQueue};
 
 static LEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/task_lease.lua")));
@@ -23,15 +27,8 @@ pub struct RedisQueue {
     group: &'static str,
     /// This process's consumer name.
     consumer: String,
-    pub channel: String,
-    pub lease: Duration,
-}
-
-/// One queue entry: the stream entry id and the task id.
-#[derive(Debug, Clone)]
-pub struct QueueEntry {
-    pub entry: String,
-    pub task_id: String,
+    channel: String,
+    lease: Duration,
 }
 
 fn entries(ids: Vec<redis::streams::StreamId>) -> Vec<QueueEntry> {
@@ -70,6 +67,20 @@ impl RedisQueue {
         &self.redis.client
     }
 
+    async fn lease_entry(&self, entry: &str, idle_ms: u64) -> Result<bool, StoreError> {
+        let mut c = self.redis.conn.clone();
+        let ours: i64 = LEASE
+            .key(&self.stream)
+            .arg(self.group)
+            .arg(&self.consumer)
+            .arg(entry)
+            .arg(idle_ms)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(ours == 1)
+    }
+
     async fn ensure_group(&self) -> Result<(), StoreError> {
         let mut c = self.redis.conn.clone();
         let res: Result<String, _> = redis::cmd("XGROUP")
@@ -86,13 +97,33 @@ impl RedisQueue {
             Err(e) => Err(unavailable(e)),
         }
     }
+}
 
-    pub async fn backlog(&self) -> Result<usize, StoreError> {
+#[async_trait]
+impl TaskQueue for RedisQueue {
+    /// The stream's length less the entries taken and not yet acknowledged.
+    async fn waiting(&self) -> Result<usize, StoreError> {
+        self.ensure_group().await?;
         let mut c = self.redis.conn.clone();
-        c.xlen(&self.stream).await.map_err(unavailable)
+        let (len, pending): (usize, redis::Value) = redis::pipe()
+            .xlen(&self.stream)
+            .cmd("XPENDING")
+            .arg(&self.stream)
+            .arg(self.group)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let taken = match pending {
+            redis::Value::Array(v) => match v.first() {
+                Some(redis::Value::Int(n)) => *n as usize,
+                _ => 0,
+            },
+            _ => 0,
+        };
+        Ok(len.saturating_sub(taken))
     }
 
-    pub async fn push(&self, task_id: &str) -> Result<(), StoreError> {
+    async fn push(&self, task_id: &str) -> Result<(), StoreError> {
         self.ensure_group().await?;
         let mut c = self.redis.conn.clone();
         let _: String = c
@@ -103,7 +134,7 @@ impl RedisQueue {
     }
 
     /// Waits up to `block` for one new entry.
-    pub async fn read(&self, block: Duration) -> Result<Option<QueueEntry>, StoreError> {
+    async fn read(&self, block: Duration) -> Result<Option<QueueEntry>, StoreError> {
         self.ensure_group().await?;
         let mut c = self.blocking.clone();
         let opts = redis::streams::StreamReadOptions::default()
@@ -120,7 +151,7 @@ impl RedisQueue {
     }
 
     /// Takes over one entry whose replica stopped renewing it.
-    pub async fn claim_stale(&self) -> Result<Option<QueueEntry>, StoreError> {
+    async fn claim_stale(&self) -> Result<Option<QueueEntry>, StoreError> {
         self.ensure_group().await?;
         let mut c = self.redis.conn.clone();
         let reply: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
@@ -139,31 +170,17 @@ impl RedisQueue {
 
     /// Renews the lease on an entry (resets its idle time) if it is still this replica's:
     /// false when another replica has taken it over, which then runs the task alone.
-    pub async fn renew(&self, entry: &str) -> Result<bool, StoreError> {
+    async fn renew(&self, entry: &str) -> Result<bool, StoreError> {
         self.lease_entry(entry, 0).await
     }
 
     /// Hands an unfinished entry back (shutdown): its idle time is set to the lease, so that
     /// another replica takes it over at once instead of waiting for the lease to pass.
-    pub async fn hand_back(&self, entry: &str) -> Result<bool, StoreError> {
+    async fn hand_back(&self, entry: &str) -> Result<bool, StoreError> {
         self.lease_entry(entry, self.lease.as_millis() as u64).await
     }
 
-    async fn lease_entry(&self, entry: &str, idle_ms: u64) -> Result<bool, StoreError> {
-        let mut c = self.redis.conn.clone();
-        let ours: i64 = LEASE
-            .key(&self.stream)
-            .arg(self.group)
-            .arg(&self.consumer)
-            .arg(entry)
-            .arg(idle_ms)
-            .invoke_async(&mut c)
-            .await
-            .map_err(unavailable)?;
-        Ok(ours == 1)
-    }
-
-    pub async fn done(&self, entry: &str) -> Result<(), StoreError> {
+    async fn done(&self, entry: &str) -> Result<(), StoreError> {
         let mut c = self.redis.conn.clone();
         let _: () = redis::pipe()
             .xack(&self.stream, self.group, &[entry])
@@ -176,12 +193,34 @@ impl RedisQueue {
         Ok(())
     }
 
-    pub async fn publish_cancel(&self, task_id: &str) -> Result<(), StoreError> {
+    async fn publish_cancel(&self, task_id: &str) -> Result<(), StoreError> {
         let mut c = self.redis.conn.clone();
         let _: i64 = c
             .publish(&self.channel, task_id)
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn cancellations(&self) -> Result<BoxStream<'static, String>, StoreError> {
+        let mut pubsub = self
+            .redis
+            .client
+            .get_async_pubsub()
+            .await
+            .map_err(unavailable)?;
+        pubsub.subscribe(&self.channel).await.map_err(unavailable)?;
+        let ids = pubsub
+            .into_on_message()
+            .filter_map(|msg| std::future::ready(msg.get_payload::<String>().ok()));
+        Ok(Box::pin(ids))
+    }
+
+    fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 }
