@@ -4,6 +4,9 @@
 #   bash bench/run.sh                  # chat profile + openai profile + open-loop, release build
 #   bash bench/run.sh --hold 1000      # also memory per 1,000 open streams (--hold 1000,10000: both)
 #   bash bench/run.sh --open-loop      # only the open-loop part (ROUNDS of 10 s at RATE requests/s: 5, 5000)
+#   bash bench/run.sh --clients        # only the upstream-client comparison: ours and hyper-util's,
+#                                      # scenarios 1 and 3 over HTTP and HTTPS (bench/tls-front), and
+#                                      # memory per stream at 10,000 held streams
 #
 # It drives the team's shared harness (HARNESS, default ../shared/bench: a mock OpenAI upstream,
 # oha and sse-load), which measures agent-api against the direct upstream in the same run, and
@@ -21,10 +24,12 @@ RATE="${RATE:-5000}"
 ROUNDS="${ROUNDS:-5}"
 HOLD=""
 ONLY_OPEN_LOOP=""
+CLIENTS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --hold) HOLD="$2"; shift ;;
     --open-loop) ONLY_OPEN_LOOP=1 ;;
+    --clients) CLIENTS=1 ;;
     *) echo "bench: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -36,6 +41,34 @@ KEY=bench-key
 server_env="HOST=127.0.0.1 PORT=$PORT API_KEYS=bench=$KEY RATE_LIMIT_PER_MINUTE=1000000000 RATE_LIMIT_BURST=1000000000 MAX_IN_FLIGHT=100000 MAX_STREAMS_PER_KEY=100000 MAX_CONVERSATIONS_PER_KEY=10000 RUST_LOG=warn"
 cmd="$server_env exec $bin"
 target="http://127.0.0.1:$PORT"
+
+if [ -n "$CLIENTS" ]; then
+  # The upstream client, measured both ways in one run (issue 19). HTTPS goes through a TLS
+  # front of our own (ALPN h2 and http/1.1) before the mock: the same front for both clients.
+  front_dir="$HOME/.cache/agent-api-bench/tls-front"
+  cargo build --release --quiet --manifest-path "$root/bench/tls-front/Cargo.toml" --target-dir "$front_dir"
+  front="$front_dir/release/tls-front"
+  cert="$(mktemp)"
+  trap 'pkill -f "$front" 2>/dev/null || true' EXIT
+  for client in own hyper; do
+    echo "## UPSTREAM_HTTP_CLIENT=$client, plain HTTP upstream: scenarios 1 and 3"
+    bash "$HARNESS/run.sh" --target "$target" --label "agent-api ($client)" \
+      --server-cmd "UPSTREAM_HTTP_CLIENT=$client $cmd" -H "X-API-Key: $KEY" --scenarios 1,3
+    echo
+    echo "## UPSTREAM_HTTP_CLIENT=$client, HTTPS upstream (bench/tls-front): scenarios 1 and 3"
+    https_cmd="$front 18443 \$MOCK_URL $cert > /dev/null & sleep 0.5; OPENAI_BASE_URL=https://localhost:18443/v1 SSL_CERT_FILE=$cert UPSTREAM_HTTP_CLIENT=$client $cmd"
+    bash "$HARNESS/run.sh" --target "$target" --label "agent-api ($client, https)" \
+      --server-cmd "$https_cmd" -H "X-API-Key: $KEY" --scenarios 1,3
+    pkill -f "$front" 2>/dev/null || true
+    echo
+    echo "## UPSTREAM_HTTP_CLIENT=$client: memory with 10000 open streams through /chat/stream"
+    bash "$HARNESS/run.sh" --target "$target" --label "agent-api ($client)" \
+      --server-cmd "ulimit -n 65536 2>/dev/null; UPSTREAM_HTTP_CLIENT=$client $cmd" \
+      -H "X-API-Key: $KEY" --scenarios none --hold 10000
+    echo
+  done
+  exit 0
+fi
 
 if [ -z "$ONLY_OPEN_LOOP" ]; then
   echo "## chat profile (/chat, /chat/stream, /health)"

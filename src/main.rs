@@ -3,7 +3,8 @@
 use agent_api::config::{Config, LogFormat};
 use agent_api::state::AppState;
 
-/// mimalloc, chosen by measurement: glibc malloc was ~20% of a `/chat` request's CPU profile.
+/// mimalloc, chosen by measurement (glibc malloc's share of a request: the README's
+/// performance notes).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -7,9 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use axum::extract::State;
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -19,7 +16,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::llm::{ChatRequest, ChunkStream, Completion, LlmError, LlmProvider, Usage};
-use crate::state::AppState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -28,19 +24,12 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
-/// Labels are static strings (the route table's own paths), so recording allocates nothing.
+/// Labels are static strings (the route table's own paths, from `routes::route_label`), so
+/// recording allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub method: &'static str,
     pub route: &'static str,
-}
-
-/// The route table's own `&'static str` for a matched path ("unmatched" for none).
-pub fn route_label(matched: Option<&str>) -> &'static str {
-    matched
-        .and_then(|m| crate::routes::ROUTES.iter().find(|r| r.path == m))
-        .map(|r| r.path)
-        .unwrap_or("unmatched")
 }
 
 pub fn method_label(method: &axum::http::Method) -> &'static str {
@@ -257,26 +246,6 @@ impl Metrics {
             })
             .inc();
     }
-}
-
-/// `GET /metrics`.
-pub async fn metrics(State(state): State<AppState>) -> Response {
-    let (queued, running) = state.runner.counts();
-    let m = &state.metrics;
-    m.tasks
-        .get_or_create(&StateLabels { state: "pending" })
-        .set(queued as i64);
-    m.tasks
-        .get_or_create(&StateLabels { state: "running" })
-        .set(running as i64);
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
-        m.encode(),
-    )
-        .into_response()
 }
 
 /// Wraps a provider to time its calls and count its tokens and errors.

@@ -552,3 +552,48 @@ async fn upstream_calls_go_through_the_configured_proxy_unless_no_proxy_says_oth
     assert_eq!(status, 200);
     assert_eq!(seen.lock().unwrap().len(), before, "NO_PROXY bypasses it");
 }
+
+#[tokio::test]
+async fn the_hyper_client_variant_serves_unary_and_streamed_turns_and_upstream_errors() {
+    let fake = FakeOpenAi::start().await;
+    let app = TestApp::with_fake(&fake, |c| {
+        c.upstream_http_client = agent_api::config::UpstreamHttpClient::Hyper;
+    })
+    .await;
+    let (status, body) = app.post("/chat", json!({"message": "hi"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["response"], "Hello from the fake upstream");
+    let res = app
+        .client
+        .post(format!("{}/chat/stream", app.url))
+        .json(&json!({"message": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    let events = common::read_sse(res).await;
+    let text: String = events
+        .iter()
+        .filter_map(|(_, e)| serde_json::from_str::<Value>(&e.data).ok())
+        .filter_map(|v| v["content"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(text, "Hello from the fake upstream");
+    // The upstream's key went along, and its errors and Retry-After come through.
+    assert!(
+        fake.auth_headers()
+            .iter()
+            .all(|h| h == "Bearer sk-test-secret-key")
+    );
+    fake.set(|b| {
+        b.status = 429;
+        b.retry_after = Some(7);
+    });
+    let res = app
+        .client
+        .post(format!("{}/chat", app.url))
+        .json(&json!({"message": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["retry-after"], "7");
+}

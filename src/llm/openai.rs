@@ -5,8 +5,8 @@
 //! Chat calls go through one pooled client ([`super::http`]) with the URL parsed and the headers
 //! built once; async-openai's config builds those, and async-openai serves the `/models` probe.
 //! Its chat calls are not used: a unary call parsed the URL again (with IDNA host processing) on
-//! every request, which callgrind put at 11% of a whole `/chat` request's instructions, and its
-//! stream spawns a reader task per stream into an unbounded channel (see [`OpenAiProvider::stream`]).
+//! every request (its cost: the README's performance notes), and its stream spawns a reader task
+//! per stream into an unbounded channel (see [`OpenAiProvider::stream`]).
 //!
 //! Every call has `UPSTREAM_TIMEOUT_SECS` (unary: the whole call; streams: until the response
 //! starts, and then between two chunks). Errors never carry the key.
@@ -25,6 +25,8 @@ use hyper::Uri;
 use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use serde_json::{Value, json};
 use std::future::ready;
+
+use rustls_platform_verifier::ConfigVerifierExt as _;
 
 use super::http::{HttpClient, HttpError, ProxySettings, Response};
 use super::{
@@ -93,6 +95,17 @@ impl OpenAiProvider {
             key: api_key.cloned(),
             ready_at: Mutex::new(None),
         })
+    }
+
+    /// Sends the chat calls through hyper-util's pooled client instead of ours
+    /// (`UPSTREAM_HTTP_CLIENT=hyper`: HTTP/2 for `https` upstreams that offer it), to measure
+    /// the two side by side.
+    pub fn with_hyper_client(mut self) -> Result<Self, String> {
+        let tls = rustls::ClientConfig::with_platform_verifier()
+            .map_err(|e| format!("TLS set-up failed: {e}"))?;
+        self.http
+            .use_hyper(self.timeout.min(Duration::from_secs(10)), tls);
+        Ok(self)
     }
 
     /// POSTs a chat-completions body; a non-2xx answer becomes the error it describes.

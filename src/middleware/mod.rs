@@ -33,8 +33,8 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// too; its refusals carry the CORS headers themselves ([`cors_headers`]).
 ///
 /// The admission steps are one layer ([`admit`]) calling into `rate_limit` and `auth`: axum
-/// layers wrap every route, each `from_fn` layer clones the whole stack inside it and boxes a
-/// future on every request, and callgrind put three nested ones at ~10% of a `GET /health`.
+/// layers wrap every route, and each `from_fn` layer clones the whole stack inside it and boxes
+/// a future on every request (what three nested ones cost: the README's performance notes).
 pub fn apply(router: Router<AppState>, state: &AppState) -> Router {
     let gate = Gate {
         state: state.clone(),
@@ -128,7 +128,7 @@ fn cors(state: &AppState) -> Option<CorsLayer> {
 /// is answered. The query string is never logged (it may hold `api_key`).
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let metrics = Arc::clone(&state.metrics);
-    let route = crate::metrics::route_label(
+    let route = crate::routes::route_label(
         req.extensions()
             .get::<axum::extract::MatchedPath>()
             .map(|p| p.as_str()),

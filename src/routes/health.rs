@@ -1,14 +1,16 @@
-//! `GET /health` (liveness, never needs a key) and `GET /ready` (503 until the store and the
-//! provider answer).
+//! The probes: `GET /health` (liveness, never needs a key), `GET /ready` (503 until the store
+//! and the provider answer) and `GET /metrics` (Prometheus text).
 
 use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::metrics::StateLabels;
 use crate::openapi::DetailError;
 use crate::state::AppState;
 
@@ -107,4 +109,24 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Ready>) {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(report))
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let (queued, running) = state.runner.counts();
+    let m = &state.metrics;
+    m.tasks
+        .get_or_create(&StateLabels { state: "pending" })
+        .set(queued as i64);
+    m.tasks
+        .get_or_create(&StateLabels { state: "running" })
+        .set(running as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        m.encode(),
+    )
+        .into_response()
 }

@@ -72,7 +72,7 @@ fn handlers(path: &str) -> MethodRouter<AppState> {
         "/ws/{client_id}" => get(ws::connect),
         "/v1/chat/completions" => post(openai::chat_completions),
         "/v1/models" => get(openai::list_models),
-        "/metrics" => get(crate::metrics::metrics),
+        "/metrics" => get(health::metrics),
         "/openapi.json" => get(openapi::spec),
         "/docs" => get(openapi::docs_root),
         "/docs/" | "/docs/{*file}" => get(openapi::docs_file),
@@ -110,10 +110,9 @@ async fn method_not_allowed() -> Response {
 }
 
 /// Serializes a UTC time exactly as chrono's `Serialize` does (RFC 3339 with `Z`, and 0, 3, 6 or
-/// 9 digits of fraction, as few as hold it), but without `fmt`: chrono's went through
-/// `collect_str` and its `Display`, ~2.9k instructions of a ~95k-instruction `POST /chat`
-/// (callgrind), and a larger share of a `GET /health`. Times outside years 0–9999 or in a leap
-/// second are left to chrono.
+/// 9 digits of fraction, as few as hold it), but without `fmt`: chrono's goes through
+/// `collect_str` and its `Display` (the cost: the README's performance notes). Times outside
+/// years 0–9999 or in a leap second are left to chrono.
 pub fn rfc3339<S: serde::Serializer>(
     t: &chrono::DateTime<chrono::Utc>,
     s: S,
@@ -160,6 +159,14 @@ fn format_rfc3339<'a>(t: &chrono::DateTime<chrono::Utc>, buf: &'a mut [u8; 30]) 
     };
     buf[end] = b'Z';
     std::str::from_utf8(&buf[..=end]).ok()
+}
+
+/// The route table's own `&'static str` for a matched path ("unmatched" for none).
+pub fn route_label(matched: Option<&str>) -> &'static str {
+    matched
+        .and_then(|m| ROUTES.iter().find(|r| r.path == m))
+        .map(|r| r.path)
+        .unwrap_or("unmatched")
 }
 
 #[cfg(test)]

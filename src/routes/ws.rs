@@ -120,7 +120,7 @@ pub async fn connect(
     // Frames up to 4x the message limit are read (and refused politely); beyond that the
     // connection is dropped, so that memory per socket stays bounded.
     let hard_cap = state.config.ws_max_message_bytes.saturating_mul(4);
-    // tungstenite's default 128 KiB read buffer made an idle socket cost ~134 KiB; frames are
+    // tungstenite's default 128 KiB read buffer is most of an idle socket's memory; frames are
     // small here, and `max_write_buffer_size` bounds what a slow reader can pile up.
     ws.max_message_size(hard_cap)
         .max_frame_size(hard_cap)

@@ -5,13 +5,11 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
 use std::time::Duration;
 
 use ipnet::IpNet;
 
 pub use crate::llm::http::ProxySettings;
-use sha2::{Digest, Sha256};
 
 /// A value that must never reach a log line or an error body.
 #[derive(Clone, PartialEq, Eq)]
@@ -36,6 +34,14 @@ impl std::fmt::Debug for Secret {
 pub enum ProviderKind {
     OpenAi,
     Echo,
+}
+
+/// `UPSTREAM_HTTP_CLIENT`: the project's own HTTP/1.1 client (the default) or hyper-util's
+/// pooled client (HTTP/2 over ALPN for `https`), for measuring the two side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamHttpClient {
+    Own,
+    Hyper,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +126,7 @@ pub struct Config {
     /// `MAX_HISTORY_TOKENS`: the estimated tokens of history sent upstream.
     pub max_history_tokens: usize,
     pub upstream_timeout: Duration,
+    pub upstream_http_client: UpstreamHttpClient,
     /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY` (or lower case), for upstream calls.
     pub upstream_proxy: ProxySettings,
     pub api_keys: Vec<ApiKey>,
@@ -348,6 +355,16 @@ impl Config {
                 .unwrap_or_default(),
             max_history_tokens: count(&get, "MAX_HISTORY_TOKENS", 100_000)?,
             upstream_timeout: secs(&get, "UPSTREAM_TIMEOUT_SECS", 60)?,
+            upstream_http_client: match get("UPSTREAM_HTTP_CLIENT").as_deref() {
+                None | Some("own") => UpstreamHttpClient::Own,
+                Some("hyper") => UpstreamHttpClient::Hyper,
+                Some(_) => {
+                    return Err(ConfigError {
+                        var: "UPSTREAM_HTTP_CLIENT",
+                        reason: "must be `own` or `hyper`".into(),
+                    });
+                }
+            },
             upstream_proxy: ProxySettings {
                 all: get("ALL_PROXY").or_else(|| get("all_proxy")),
                 http: get("HTTP_PROXY").or_else(|| get("http_proxy")),
@@ -427,212 +444,9 @@ impl Config {
     }
 }
 
-/// Parses `name=key` / `name=sha256:<hex>` entries into hashed keys.
-pub fn parse_api_keys(entries: &[String], var: &'static str) -> Result<Vec<ApiKey>, ConfigError> {
-    let mut keys: Vec<ApiKey> = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let Some((name, key)) = entry.split_once('=') else {
-            return Err(ConfigError {
-                var,
-                reason: "each entry must be `name=key` or `name=sha256:<hex>`".into(),
-            });
-        };
-        let (name, key) = (name.trim(), key.trim());
-        if name.is_empty() || key.is_empty() {
-            return Err(ConfigError {
-                var,
-                reason: "an entry has an empty name or key".into(),
-            });
-        }
-        let sha256 = match key.strip_prefix("sha256:") {
-            Some(hexed) => {
-                let bytes = hex::decode(hexed).map_err(|_| ConfigError {
-                    var,
-                    reason: format!("key `{name}`: sha256 value is not hex"),
-                })?;
-                <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| ConfigError {
-                    var,
-                    reason: format!("key `{name}`: sha256 value must be 64 hex digits"),
-                })?
-            }
-            None => Sha256::digest(key.as_bytes()).into(),
-        };
-        // The name owns conversations and tasks, and is part of their keys in Redis.
-        if name.len() > 64
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'))
-        {
-            return Err(ConfigError {
-                var,
-                reason: format!(
-                    "key name `{name}` must be 1 to 64 characters of A-Z, a-z, 0-9, _ - . @"
-                ),
-            });
-        }
-        if keys.iter().any(|k| k.name == name) {
-            return Err(ConfigError {
-                var,
-                reason: format!("key name `{name}` appears twice"),
-            });
-        }
-        keys.push(ApiKey {
-            name: name.to_owned(),
-            sha256,
-        });
-    }
-    Ok(keys)
-}
-
-fn split_list(s: &str) -> Vec<String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-fn parse<T: FromStr>(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: Option<T>,
-) -> Result<T, ConfigError> {
-    match get(var) {
-        Some(raw) => raw.parse().map_err(|_| ConfigError {
-            var,
-            reason: format!("cannot parse `{raw}`"),
-        }),
-        None => default.ok_or_else(|| ConfigError {
-            var,
-            reason: "is required".into(),
-        }),
-    }
-}
-
-fn positive(var: &'static str, v: u64) -> Result<(), ConfigError> {
-    if v == 0 {
-        return Err(ConfigError {
-            var,
-            reason: "must be greater than 0".into(),
-        });
-    }
-    Ok(())
-}
-
-fn count(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: usize,
-) -> Result<usize, ConfigError> {
-    let v: usize = parse(get, var, Some(default))?;
-    positive(var, v as u64)?;
-    Ok(v)
-}
-
-fn secs(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: u64,
-) -> Result<Duration, ConfigError> {
-    let v: f64 = parse(get, var, Some(default as f64))?;
-    if !v.is_finite() || v <= 0.0 || v > 1.0e7 {
-        return Err(ConfigError {
-            var,
-            reason: "must be a positive number of seconds".into(),
-        });
-    }
-    Ok(Duration::from_secs_f64(v))
-}
-
+mod parse;
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod tests;
 
-    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::from_lookup(|k| map.get(k).cloned(), None)
-    }
-
-    #[test]
-    fn defaults_match_the_contract() {
-        let c = cfg(&[]).unwrap();
-        assert_eq!(c.addr, "127.0.0.1:8000".parse().unwrap());
-        assert_eq!(c.provider, ProviderKind::Echo);
-        assert_eq!(c.chat_model, "gpt-4o-mini");
-        assert_eq!(c.task_model, "gpt-4o");
-        assert_eq!(c.upstream_timeout, Duration::from_secs(60));
-        assert_eq!((c.rate_limit_per_minute, c.rate_limit_burst), (60, 10));
-        assert_eq!(c.store, StoreKind::Memory);
-        assert_eq!(c.store_prefix, "agent-api:");
-        assert_eq!(c.max_body_bytes, 1024 * 1024);
-    }
-
-    #[test]
-    fn provider_follows_openai_settings() {
-        let c = cfg(&[("OPENAI_API_KEY", "sk-x")]).unwrap();
-        assert_eq!(c.provider, ProviderKind::OpenAi);
-        assert_eq!(format!("{:?}", c.openai_api_key), "Some(***)");
-        let c = cfg(&[("OPENAI_BASE_URL", "http://localhost:11434/v1/")]).unwrap();
-        assert_eq!(c.provider, ProviderKind::OpenAi);
-        assert_eq!(c.openai_base_url, "http://localhost:11434/v1");
-    }
-
-    #[test]
-    fn bad_values_name_the_variable() {
-        for (var, val) in [
-            ("PORT", "eighty"),
-            ("UPSTREAM_TIMEOUT_SECS", "-1"),
-            ("LLM_PROVIDER", "claude"),
-            ("RATE_LIMIT_BURST", "0"),
-            ("TRUSTED_PROXIES", "10.0.0.0/99"),
-            ("API_KEYS", "novalue"),
-            ("STORE", "sqlite://x"),
-            ("LOG_FORMAT", "xml"),
-            ("OPENAI_BASE_URL", "ftp://example.com"),
-            ("OPENAI_BASE_URL", "http://exa mple.com/v1"),
-        ] {
-            let err = cfg(&[(var, val)]).unwrap_err();
-            assert_eq!(err.var, var, "{err}");
-        }
-    }
-
-    #[test]
-    fn proxy_variables_upper_or_lower_case() {
-        let c = cfg(&[
-            ("https_proxy", "http://proxy:3128"),
-            ("NO_PROXY", "localhost,10.0.0.0/8"),
-        ])
-        .unwrap();
-        assert_eq!(c.upstream_proxy.https.as_deref(), Some("http://proxy:3128"));
-        assert_eq!(c.upstream_proxy.no.as_deref(), Some("localhost,10.0.0.0/8"));
-        assert_eq!(c.upstream_proxy.http, None);
-        assert_eq!(cfg(&[]).unwrap().upstream_proxy, ProxySettings::default());
-    }
-
-    #[test]
-    fn refuses_open_non_loopback() {
-        let err = cfg(&[("HOST", "0.0.0.0")]).unwrap_err();
-        assert_eq!(err.var, "API_KEYS");
-        assert!(cfg(&[("HOST", "0.0.0.0"), ("ALLOW_NO_AUTH", "true")]).is_ok());
-        assert!(cfg(&[("HOST", "0.0.0.0"), ("API_KEYS", "a=b")]).is_ok());
-    }
-
-    #[test]
-    fn api_keys_are_hashed() {
-        let digest = hex::encode(Sha256::digest(b"k2"));
-        let c = cfg(&[("API_KEYS", &format!("one=k1, two=sha256:{digest}"))]).unwrap();
-        assert_eq!(c.api_keys.len(), 2);
-        assert_eq!(
-            c.api_keys[0].sha256,
-            <[u8; 32]>::from(Sha256::digest(b"k1"))
-        );
-        assert_eq!(
-            c.api_keys[1].sha256,
-            <[u8; 32]>::from(Sha256::digest(b"k2"))
-        );
-        assert!(!format!("{:?}", c.api_keys).contains("k1"));
-    }
-}
+pub use parse::parse_api_keys;
+use parse::{count, parse, positive, secs, split_list};
