@@ -66,6 +66,13 @@ if [ -n "$CLIENTS" ]; then
       --server-cmd "ulimit -n 65536 2>/dev/null; UPSTREAM_HTTP_CLIENT=$client $cmd" \
       -H "X-API-Key: $KEY" --scenarios none --hold 10000
     echo
+    # FRONT_MAX_STREAMS: HTTP/2 streams the front allows per connection (hyper's default, 200).
+    echo "## UPSTREAM_HTTP_CLIENT=$client, HTTPS: memory with 10000 open streams (front: ${FRONT_MAX_STREAMS:-200} streams a connection)"
+    hold_cmd="ulimit -n 65536 2>/dev/null; FRONT_MAX_STREAMS=${FRONT_MAX_STREAMS:-200} $front 18443 \$MOCK_URL $cert > /dev/null & sleep 0.5; OPENAI_BASE_URL=https://localhost:18443/v1 SSL_CERT_FILE=$cert UPSTREAM_HTTP_CLIENT=$client $cmd"
+    bash "$HARNESS/run.sh" --target "$target" --label "agent-api ($client, https)" \
+      --server-cmd "$hold_cmd" -H "X-API-Key: $KEY" --scenarios none --hold 10000
+    pkill -f "$front" 2>/dev/null || true
+    echo
   done
   exit 0
 fi

@@ -56,9 +56,12 @@ async fn main() {
                 let (client, upstream) = (client.clone(), upstream.clone());
                 async move { forward(client, &upstream, req).await }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
+            let mut server = auto::Builder::new(TokioExecutor::new());
+            // Streams per HTTP/2 connection: FRONT_MAX_STREAMS (default hyper's 200; real
+            // upstreams cap it too, commonly at 100 to 250).
+            let max = std::env::var("FRONT_MAX_STREAMS").ok().and_then(|v| v.parse().ok());
+            server.http2().max_concurrent_streams(max.or(Some(200)));
+            let _ = server.serve_connection(TokioIo::new(tls), service).await;
         });
     }
 }

@@ -1,14 +1,21 @@
 //! The HTTP client for upstream chat calls: HTTP/1.1 over pooled keep-alive connections, with the
 //! I/O done in the calling task.
 //!
-//! Why not hyper's client: each of its connections is a task of its own, fed through a channel,
-//! and an open stream held about 17 KiB in it (the channel's first block of request slots, the
-//! task, an 8 KiB read buffer and an 8 KiB header buffer); at 10,000 open streams that was more
-//! than the rest of the server together. Here a connection is a socket and the bytes read but not
-//! yet taken: reads go through a buffer on the stack and only what arrived is kept, so a stream
-//! that waits for its next chunk holds no buffer at all. It also saves a task hand-off per call
-//! on the unary path. Before that, reqwest (which wraps hyper's client) parsed the URL twice more
-//! on every call; callgrind put reqwest's own share at a sixth of a whole `POST /chat`.
+//! Why our own and not hyper-util's pooled client: decided by measurement (issue 19; the table
+//! and the command are in the README's performance section, `bash bench/run.sh --clients`). In
+//! one run on the same machine, against the same mock, hyper-util's client (HTTP/1.1 with an
+//! 8 KiB read buffer, its smallest sensible one) gave `/chat` c64 a ratio of 0.28 to this
+//! client's 0.37 and held 38.2 KiB per open stream to this client's 21.0 (10,000 streams): far
+//! outside the 5% and 5 KiB that would have made us switch. The cause is structural: each of its
+//! connections is a task of its own fed through a channel, with read and header buffers per
+//! connection, where here a connection is a socket and the bytes read but not yet taken (reads
+//! go through a buffer on the stack, so a stream waiting for its next chunk holds none), and a
+//! unary call needs no task hand-off. Over HTTPS its HTTP/2 wins on streams (scenario 3: 0.976
+//! against 0.953) and multiplexes them onto one connection, but it opens no second connection
+//! when the upstream's per-connection stream limit is reached: with the common limit of 200,
+//! 9,800 of 10,000 held streams waited and timed out. So it stays available as
+//! `UPSTREAM_HTTP_CLIENT=hyper` (`hyper_backend.rs`), for upstreams that allow many streams per
+//! connection, and this client is the default.
 //!
 //! What a gateway needs from a client is kept: a keep-alive pool (most recently used first,
 //! idle connections closed after 90 s, and a connection the upstream closed while idle is not
