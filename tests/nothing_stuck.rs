@@ -37,6 +37,40 @@ async fn converse(app: &TestApp, id: &str) {
     assert_eq!(status, 200, "{body}");
 }
 
+/// A server with a 1 s write timeout and an 8 s turn wait, the conversation `id`, and an upstream
+/// that will answer 8 MiB.
+async fn about_to_stall(id: &str) -> (FakeOpenAi, TestApp) {
+    let fake = FakeOpenAi::start().await;
+    let app = TestApp::with_fake(&fake, |c| {
+        c.stream_write_timeout = Duration::from_secs(1);
+        c.turn_wait = Duration::from_secs(8);
+    })
+    .await;
+    converse(&app, id).await;
+    fake.set(|b| *b = big_answer(8 * 1024, 1));
+    (fake, app)
+}
+
+/// After a client stopped reading a turn on conversation `id`: the conversation is usable again
+/// within the write timeout (the turn wait is far longer: before, this waited for it and got
+/// 409, or forever), and the stuck turn's upstream call was cancelled, not left running.
+async fn free_again(app: &TestApp, fake: &FakeOpenAi, id: &str) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fake.set(|b| *b = Behaviour::default());
+    let started = Instant::now();
+    let (status, body) = app
+        .post(
+            "/chat",
+            json!({"message": "anyone?", "conversation_id": id}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    let cancelled = eventually(5, || fake.cancelled() >= 1).await;
+    assert!(cancelled, "upstream call not cancelled");
+}
+
 /// Polls until `f` holds, for at most `secs`.
 async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let until = Instant::now() + Duration::from_secs(secs);
@@ -51,14 +85,7 @@ async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 
 #[tokio::test]
 async fn an_sse_client_that_stops_reading_lets_go_of_its_conversation_and_upstream() {
-    let fake = FakeOpenAi::start().await;
-    let app = TestApp::with_fake(&fake, |c| {
-        c.stream_write_timeout = Duration::from_secs(1);
-        c.turn_wait = Duration::from_secs(8);
-    })
-    .await;
-    converse(&app, "held").await;
-    fake.set(|b| *b = big_answer(8 * 1024, 1));
+    let (fake, app) = about_to_stall("held").await;
     // A client that sends its request and never reads a byte of the answer.
     let mut stuck = tiny_window(&app).await;
     let body = json!({"message": "tell me everything", "conversation_id": "held"}).to_string();
@@ -67,28 +94,7 @@ async fn an_sse_client_that_stops_reading_lets_go_of_its_conversation_and_upstre
         body.len()
     );
     stuck.write_all(request.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // The conversation is usable again within the write timeout (and the turn wait is far
-    // longer: before, this waited for it and got 409, or forever).
-    fake.set(|b| *b = Behaviour::default());
-    let started = Instant::now();
-    let (status, body) = app
-        .post(
-            "/chat",
-            json!({"message": "anyone?", "conversation_id": "held"}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert!(
-        started.elapsed() < Duration::from_secs(6),
-        "{:?}",
-        started.elapsed()
-    );
-    // The stuck stream's upstream call was cancelled, not left running.
-    assert!(
-        eventually(5, || fake.cancelled() >= 1).await,
-        "upstream call not cancelled"
-    );
+    free_again(&app, &fake, "held").await;
     // And the server let go of the connection: reading now finds its end.
     let mut sink = vec![0u8; 1 << 16];
     let drained = tokio::time::timeout(Duration::from_secs(10), async {
@@ -122,14 +128,7 @@ fn ws_text_frame(payload: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_websocket_that_stops_reading_lets_go_of_its_conversation_and_upstream() {
-    let fake = FakeOpenAi::start().await;
-    let app = TestApp::with_fake(&fake, |c| {
-        c.stream_write_timeout = Duration::from_secs(1);
-        c.turn_wait = Duration::from_secs(8);
-    })
-    .await;
-    converse(&app, "ws-held").await;
-    fake.set(|b| *b = big_answer(8 * 1024, 1));
+    let (fake, app) = about_to_stall("ws-held").await;
     let mut ws = tiny_window(&app).await;
     ws.write_all(
         b"GET /ws/stuck HTTP/1.1\r\nhost: localhost\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
@@ -151,25 +150,7 @@ async fn a_websocket_that_stops_reading_lets_go_of_its_conversation_and_upstream
     );
     let msg = json!({"message": "tell me everything", "conversation_id": "ws-held"}).to_string();
     ws.write_all(&ws_text_frame(msg.as_bytes())).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    fake.set(|b| *b = Behaviour::default());
-    let started = Instant::now();
-    let (status, body) = app
-        .post(
-            "/chat",
-            json!({"message": "anyone?", "conversation_id": "ws-held"}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert!(
-        started.elapsed() < Duration::from_secs(6),
-        "{:?}",
-        started.elapsed()
-    );
-    assert!(
-        eventually(5, || fake.cancelled() >= 1).await,
-        "upstream call not cancelled"
-    );
+    free_again(&app, &fake, "ws-held").await;
     assert!(
         eventually(10, || app.state.metrics.open_websockets.get() == 0).await,
         "the socket was still open"

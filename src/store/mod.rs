@@ -90,6 +90,20 @@ impl StoreError {
         Self::Busy("the conversation is busy with another turn; retry later".into())
     }
 
+    /// A new conversation of a key whose `max` conversations are all busy with a turn.
+    pub fn key_busy(max: usize) -> Self {
+        Self::Quota(format!(
+            "this key holds its maximum of {max} conversations, all busy with a turn"
+        ))
+    }
+
+    /// A new conversation when the store's `max` conversations are all in use.
+    pub fn store_busy(max: usize) -> Self {
+        Self::Full(format!(
+            "the server holds its maximum of {max} conversations, all in use"
+        ))
+    }
+
     /// The answer to a turn whose conversation was deleted while it ran.
     pub fn deleted() -> Self {
         Self::Deleted(

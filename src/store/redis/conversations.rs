@@ -251,17 +251,9 @@ impl ConversationStore for RedisConversationStore {
             let refused: Option<String> = check.invoke_async(&mut c).await.map_err(unavailable)?;
             match refused.as_deref() {
                 Some("QUOTA") => {
-                    return Err(StoreError::Quota(format!(
-                        "this key holds its maximum of {} conversations, all busy with a turn",
-                        limits.max_conversations_per_key
-                    )));
+                    return Err(StoreError::key_busy(limits.max_conversations_per_key));
                 }
-                Some(_) => {
-                    return Err(StoreError::Full(format!(
-                        "the server holds its maximum of {} conversations, all in use",
-                        limits.max_conversations
-                    )));
-                }
+                Some(_) => return Err(StoreError::store_busy(limits.max_conversations)),
                 None => {}
             }
         }

@@ -106,10 +106,7 @@ impl Inner {
     /// calls the model, so that a refusal costs nothing.
     pub(super) fn check_room(&self, owner: &Owner) -> Result<(), StoreError> {
         if owner.count.load(Ordering::Relaxed) >= self.max_per_key && !Self::has_idle(owner) {
-            return Err(StoreError::Quota(format!(
-                "this key holds its maximum of {} conversations, all busy with a turn",
-                self.max_per_key
-            )));
+            return Err(StoreError::key_busy(self.max_per_key));
         }
         // Room anywhere will do: the creator's own idle conversation is checked first (the
         // usual case, without listing the keys).
@@ -117,10 +114,7 @@ impl Inner {
             && !Self::has_idle(owner)
             && !self.biggest_owners(over).iter().any(|o| Self::has_idle(o))
         {
-            return Err(StoreError::Full(format!(
-                "the server holds its maximum of {} conversations, all in use",
-                self.max_conversations
-            )));
+            return Err(StoreError::store_busy(self.max_conversations));
         }
         Ok(())
     }
