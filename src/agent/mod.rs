@@ -1,9 +1,11 @@
-//! The domain: run one agent turn on a conversation, and run background tasks ([`runner`]).
+//! The domain: run one agent turn on a conversation, and run background tasks ([`runner`]);
+//! [`tool_loop`] is the agent loop as a pure state machine.
 //!
 //! Functions here take what they need (`&dyn LlmProvider`, `&dyn ConversationStore`) and know
 //! nothing about axum, so that they can be tested without HTTP.
 
 pub mod runner;
+pub mod tool_loop;
 
 use std::sync::Arc;
 use std::time::Duration;

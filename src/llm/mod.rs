@@ -22,11 +22,17 @@ use serde_json::{Map, Value, json};
 pub use echo::EchoProvider;
 pub use openai::OpenAiProvider;
 
-/// One message of a conversation, as the tutorial routes store and send it.
+/// One message of a conversation, as the tutorial routes store and send it. An agent's turn
+/// adds assistant messages with `tool_calls` and `tool` messages with `tool_call_id`, stored
+/// exactly as the model saw them (both fields are absent on every other message).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Message {
     pub role: String,
     pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl Message {
@@ -34,6 +40,57 @@ impl Message {
         Self {
             role: role.to_owned(),
             content: content.into(),
+            tool_calls: None,
+            tool_call_id: None,
+        }
+    }
+
+    /// An assistant message that calls tools.
+    pub fn assistant_calls(content: impl Into<String>, calls: Vec<ToolCall>) -> Self {
+        Self {
+            tool_calls: Some(calls),
+            ..Self::new("assistant", content)
+        }
+    }
+
+    /// The result of the tool call `call_id`.
+    pub fn tool_result(call_id: &str, content: impl Into<String>) -> Self {
+        Self {
+            tool_call_id: Some(call_id.to_owned()),
+            ..Self::new("tool", content)
+        }
+    }
+}
+
+/// A tool call in OpenAI's wire shape: `{"id", "type": "function", "function": {"name",
+/// "arguments"}}`, the arguments as the model's text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type", default = "function_kind")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FunctionCall {
+    pub name: String,
+    pub arguments: String,
+}
+
+fn function_kind() -> String {
+    "function".into()
+}
+
+impl ToolCall {
+    pub fn function(id: &str, name: &str, arguments: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            kind: function_kind(),
+            function: FunctionCall {
+                name: name.to_owned(),
+                arguments: arguments.to_owned(),
+            },
         }
     }
 }
