@@ -54,6 +54,8 @@ test("the page makes no failing request on load, and asks for the key", async ()
   await page.fill("#key", KEY);
   await page.dispatchEvent("#key", "change");
   assert.equal((await models).status(), 200);
+  // The page fills the list after it has read the answer: wait for that, not for the response.
+  await page.waitForFunction(() => document.querySelectorAll("#model option").length > 1, null, { timeout: 5000 });
   assert.ok(await page.locator("#model option").count() > 1);
   await page.close();
 });
