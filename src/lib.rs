@@ -120,9 +120,12 @@ pub async fn serve(
     drop(listener);
     drop(open_rx);
     // Upgraded connections (WebSockets) have left hyper's hands: they are counted apart.
-    let finished = async {
+    let connections_closed = || async {
         open_tx.closed().await;
         state.sockets.all_closed().await;
+    };
+    let finished = async {
+        connections_closed().await;
         state.runner.idle().await;
     };
     if tokio::time::timeout_at(stop_at, finished).await.is_err() {
@@ -130,8 +133,7 @@ pub async fn serve(
     }
     state.runner.stop();
     let ended = async {
-        open_tx.closed().await;
-        state.sockets.all_closed().await;
+        connections_closed().await;
         state.runner.wait().await;
     };
     if tokio::time::timeout_at(deadline, ended).await.is_err() {

@@ -28,6 +28,19 @@ struct Setup {
     prefix: String,
 }
 
+impl Setup {
+    /// A connection of the test's own, to look at the queue from outside.
+    async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        let client = self.stores.queue.client();
+        client.get_multiplexed_async_connection().await.unwrap()
+    }
+
+    /// The queue's stream.
+    fn queue_key(&self) -> String {
+        format!("{}tasks:queue", self.prefix)
+    }
+}
+
 fn setup() -> Setup {
     let prefix = format!("tasks-{}:", uuid::Uuid::new_v4().simple());
     let stores = RedisStores::connect(
@@ -132,15 +145,9 @@ async fn wait_for(secs: u64, mut f: impl AsyncFnMut() -> bool) -> bool {
 
 /// The queue's pending entries: (entry id, consumer).
 async fn pending(s: &Setup) -> Vec<(String, String)> {
-    let mut c = s
-        .stores
-        .queue
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = s.conn().await;
     let reply: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-        .arg(format!("{}tasks:queue", s.prefix))
+        .arg(s.queue_key())
         .arg("workers")
         .arg("-")
         .arg("+")
@@ -195,13 +202,7 @@ async fn an_entry_whose_task_is_final_but_unacknowledged_is_acknowledged_without
     };
     s.stores.tasks.insert(task.clone()).await.unwrap();
     s.stores.queue.push(&task.task_id).await.unwrap();
-    let mut c = s
-        .stores
-        .queue
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = s.conn().await;
     let _: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg("workers")
@@ -209,7 +210,7 @@ async fn an_entry_whose_task_is_final_but_unacknowledged_is_acknowledged_without
         .arg("COUNT")
         .arg(1)
         .arg("STREAMS")
-        .arg(format!("{}tasks:queue", s.prefix))
+        .arg(s.queue_key())
         .arg(">")
         .query_async(&mut c)
         .await
@@ -258,14 +259,8 @@ async fn a_replica_that_lost_its_lease_stops_and_writes_nothing() {
     // Another replica takes the entry over (as it would after this one missed its renewals),
     // and keeps renewing it as its own.
     let (entry, _) = pending(&s).await.pop().unwrap();
-    let mut c = s
-        .stores
-        .queue
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let key = format!("{}tasks:queue", s.prefix);
+    let mut c = s.conn().await;
+    let key = s.queue_key();
     let until = Instant::now() + Duration::from_millis(3500);
     while Instant::now() < until {
         let _: redis::Value = redis::cmd("XCLAIM")

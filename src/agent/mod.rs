@@ -239,14 +239,15 @@ struct Deadlines {
 /// Hands one event to the client: false when it is gone, took no frame for the frame timeout,
 /// or the turn's time is over.
 async fn deliver(tx: &mpsc::Sender<Frame>, event: TurnEvent, limits: Deadlines) -> bool {
-    let by = (Instant::now() + limits.frame).min(limits.turn);
     match tx.try_reserve() {
         Ok(slot) => {
             slot.send(Box::new(event));
             true
         }
         Err(mpsc::error::TrySendError::Closed(())) => false,
+        // The client is behind: only now is the clock read, for its deadline.
         Err(mpsc::error::TrySendError::Full(())) => {
+            let by = (Instant::now() + limits.frame).min(limits.turn);
             let send = tx.send(Box::new(event));
             matches!(tokio::time::timeout_at(by, send).await, Ok(Ok(())))
         }

@@ -143,9 +143,9 @@ impl TaskRunner {
         Ok(task)
     }
 
-    /// Runs one task: `from` are the states it may start from (a task taken over from a
-    /// replica that died is still `running`).
-    async fn run(&self, id: &str, token: &CancellationToken, from: &[TaskStatus]) -> Outcome {
+    /// Runs one task. It may start from `pending` or from `running` (a task taken over from a
+    /// replica that died, or that stopped at the grace's end, is still `running`).
+    async fn run(&self, id: &str, token: &CancellationToken) -> Outcome {
         let inner = &self.inner;
         let task = match inner.tasks.get(None, id).await {
             Ok(Some(t)) => t,
@@ -156,9 +156,10 @@ impl TaskRunner {
                 return Outcome::Unrecorded;
             }
         };
+        let unfinished = [TaskStatus::Pending, TaskStatus::Running];
         let started = inner
             .tasks
-            .transition(id, from, TaskStatus::Running, None)
+            .transition(id, &unfinished, TaskStatus::Running, None)
             .await;
         let (status, result) = match started {
             Ok(Some(_)) => {
@@ -185,18 +186,15 @@ impl TaskRunner {
             return self.finish(id, TaskStatus::Failed, Some(why.into())).await;
         }
         let back = [TaskStatus::Running];
-        match self
+        let pending = self
             .inner
             .tasks
-            .transition(id, &back, TaskStatus::Pending, None)
-            .await
-        {
-            Ok(_) => Outcome::HandBack,
-            Err(e) => {
-                tracing::warn!(task_id = %id, error = %e, "could not hand a task back");
-                Outcome::HandBack
-            }
+            .transition(id, &back, TaskStatus::Pending, None);
+        if let Err(e) = pending.await {
+            // Handed back all the same: whoever takes it runs it from `running`.
+            tracing::warn!(task_id = %id, error = %e, "could not set a stopped task back to pending");
         }
+        Outcome::HandBack
     }
 
     /// Records a task's end, unless it ended already (cancelled meanwhile). A failed write is
@@ -329,9 +327,8 @@ impl TaskRunner {
                 }
             }
         };
-        let from = [TaskStatus::Pending, TaskStatus::Running];
         tokio::select! {
-            outcome = self.run(&entry.task_id, &token, &from) => match outcome {
+            outcome = self.run(&entry.task_id, &token) => match outcome {
                 Outcome::Recorded => {
                     if let Err(e) = queue.done(&entry.entry).await {
                         tracing::warn!(error = %e, "could not acknowledge a finished task");
@@ -440,23 +437,13 @@ impl TaskRunner {
     /// with the shared queue it is handed back for another replica), ends the streams still
     /// open and the background loops. Then [`TaskRunner::wait`] for them to record it.
     pub fn stop(&self) {
-        self.inner.tracker.close();
-        self.inner.draining.cancel();
+        self.drain();
         self.inner.shutdown.cancel();
     }
 
     /// Waits for every spawned job to end (after [`TaskRunner::stop`]).
     pub async fn wait(&self) {
         self.inner.tracker.wait().await;
-    }
-
-    /// The whole shutdown of the runner alone (tests): drain, up to `grace` for what runs,
-    /// stop, and up to 5 s for it to end.
-    pub async fn shutdown(&self, grace: Duration) {
-        self.drain();
-        let _ = tokio::time::timeout(grace, self.idle()).await;
-        self.stop();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.wait()).await;
     }
 }
 

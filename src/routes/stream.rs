@@ -101,24 +101,25 @@ pub fn sse_response(
 }
 
 /// The frame a stream still open when the shutdown's grace is over ends with.
-pub fn shutting_down() -> Event {
+fn shutting_down() -> Event {
     Event::default()
         .event("error")
         .data(json!({"detail": "server shutting down", "retryable": true}).to_string())
 }
 
 /// `events` until they end, or until `stop` (the end of the shutdown's grace): then one
-/// [`shutting_down`] frame, and the stream ends (dropping `events` cancels their turn).
+/// [`shutting_down`] frame, and the stream ends (dropping `events` cancels their turn). The
+/// wait on `stop` is made once per stream, not once per frame.
 fn until_stopped(
     events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
     stop: tokio_util::sync::CancellationToken,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
-    let events = Box::pin(events);
-    futures::stream::unfold(Some((events, stop)), |st| async move {
-        let (mut events, stop) = st?;
+    let st = (Box::pin(events), Box::pin(stop.cancelled_owned()));
+    futures::stream::unfold(Some(st), |st| async move {
+        let (mut events, mut stop) = st?;
         tokio::select! {
             biased;
-            () = stop.cancelled() => Some((Ok(shutting_down()), None)),
+            () = &mut stop => Some((Ok(shutting_down()), None)),
             e = events.next() => e.map(|e| (e, Some((events, stop)))),
         }
     })
