@@ -80,6 +80,9 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Overloaded(String),
+    /// The conversation belongs to another agent: 409.
+    #[error("{0}")]
+    Conflict(String),
     #[error("the request took longer than {0:?}")]
     Timeout(Duration),
     #[error("internal error")]
@@ -106,7 +109,7 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Quota { .. } | Self::Store(StoreError::Quota(_)) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Store(StoreError::Busy(_)) => StatusCode::CONFLICT,
+            Self::Store(StoreError::Busy(_)) | Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Store(StoreError::Deleted(_)) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -138,6 +141,7 @@ impl ApiError {
             Self::BodyTimeout(_) => "body_timeout",
             Self::Quota { .. } | Self::Store(StoreError::Quota(_)) => "quota_exceeded",
             Self::Store(StoreError::Busy(_)) => "conversation_busy",
+            Self::Conflict(_) => "agent_mismatch",
             Self::Store(StoreError::Deleted(_)) => "conversation_deleted",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::RateLimited { .. } => "rate_limited",
@@ -309,6 +313,14 @@ impl From<crate::agent::AgentError> for ApiError {
             AgentError::Llm(e) => Self::Upstream(e),
             AgentError::Store(e) => Self::Store(e),
             AgentError::Busy(msg) => Self::Overloaded(msg),
+            AgentError::OtherAgent(msg) => Self::Conflict(msg),
+            AgentError::Invalid { field, msg } => Self::Validation(vec![FieldError {
+                loc: vec![json!("body"), json!(field)],
+                msg,
+                kind: "value_error".into(),
+            }]),
+            AgentError::Tool(msg) => Self::Internal(msg),
+            AgentError::Gone => Self::Internal("the client is gone".into()),
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod routes;
 pub mod state;
 pub mod store;
+pub mod tools;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -139,6 +140,11 @@ pub async fn serve(
     if tokio::time::timeout_at(deadline, ended).await.is_err() {
         tracing::warn!("shutdown grace over; closing what is still open");
     }
+    // MCP children last (no turn uses them now): each ends with its transport, its process
+    // group killed if it lingers. At least a second, past the grace if need be.
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let stop = state.agents.toolbox.stop();
+    let _ = tokio::time::timeout(left.max(std::time::Duration::from_secs(1)), stop).await;
     Ok(())
 }
 

@@ -62,6 +62,19 @@ pub struct StateLabels {
     pub state: &'static str,
 }
 
+/// A tool call's labels: the model-visible name (one of the configured tools, or `unknown`)
+/// and its outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ToolLabels {
+    pub tool: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ToolNameLabels {
+    pub tool: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 50 µs .. ~100 s
     Histogram::new(exponential_buckets(0.00005, 2.0, 22))
@@ -81,6 +94,8 @@ pub struct Metrics {
     pub tokens: Family<KindLabels, Counter>,
     pub rate_limited: Counter,
     pub auth_rejected: Counter,
+    pub tool_calls: Family<ToolLabels, Counter>,
+    pub tool_call_duration: Family<ToolNameLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -105,6 +120,8 @@ impl Metrics {
             tokens: Family::default(),
             rate_limited: Counter::default(),
             auth_rejected: Counter::default(),
+            tool_calls: Family::default(),
+            tool_call_duration: Family::new_with_constructor(latency_histogram),
             registry: Registry::default(),
         };
         registry.register(
@@ -166,7 +183,29 @@ impl Metrics {
             "Requests refused for a missing or unknown API key",
             m.auth_rejected.clone(),
         );
+        registry.register(
+            "tool_calls",
+            "Tool calls of agent turns, by tool and outcome",
+            m.tool_calls.clone(),
+        );
+        registry.register_with_unit(
+            "tool_call_duration",
+            "Time of one tool call, by tool",
+            Unit::Seconds,
+            m.tool_call_duration.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Counts and times one tool call.
+    pub fn record_tool_call(&self, tool: &str, outcome: &'static str, took: Duration) {
+        let tool = tool.to_owned();
+        self.tool_call_duration
+            .get_or_create(&ToolNameLabels { tool: tool.clone() })
+            .observe(took.as_secs_f64());
+        self.tool_calls
+            .get_or_create(&ToolLabels { tool, outcome })
+            .inc();
     }
 
     pub fn encode(&self) -> String {
@@ -208,7 +247,9 @@ tokio::task_local! {
     static UPSTREAM_NANOS: Arc<AtomicU64>;
 }
 
-fn add_upstream_time(d: Duration) {
+/// Adds to the time the current request waited on something outside this server (the
+/// upstream, or an agent's tool calls), so that its overhead excludes it.
+pub fn add_upstream_time(d: Duration) {
     let _ = UPSTREAM_NANOS.try_with(|n| n.fetch_add(d.as_nanos() as u64, Ordering::Relaxed));
 }
 

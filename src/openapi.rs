@@ -26,7 +26,8 @@ pub struct ValidationError {
 }
 
 /// One Server-Sent Event as a client's parser sees it: its `data` (JSON text), and its
-/// `event` (`message`, or `error` for a failure after the stream began) and `id`.
+/// `event` (`message`; `tool_call` and `tool_result` in an agent's turn, whose data is a
+/// `ToolCallView`; `error` for a failure after the stream began) and `id`.
 #[derive(Serialize, ToSchema)]
 pub struct SseEvent {
     pub data: String,
@@ -154,17 +155,20 @@ impl Modify for Security {
         crate::routes::tasks::list_tasks,
         crate::routes::tasks::get_task,
         crate::routes::tasks::cancel_task,
+        crate::routes::agents::list_agents,
+        crate::routes::agents::get_agent,
         crate::routes::openai::chat_completions,
         crate::routes::openai::list_models,
         crate::routes::health::health,
         crate::routes::health::ready,
         metrics_doc,
     ),
-    components(schemas(DetailError, ValidationError, OpenAiErrorBody, FieldError, SseEvent, crate::routes::health::Ready)),
+    components(schemas(DetailError, ValidationError, OpenAiErrorBody, FieldError, SseEvent, crate::routes::health::Ready, crate::agent::ToolCallView)),
     modifiers(&Security),
     tags(
         (name = "chat", description = "Tutorial-compatible chat, streamed or not"),
         (name = "conversations"), (name = "tasks", description = "Background tasks"),
+        (name = "agents", description = "The operator's agents (AGENTS_FILE) and their tools"),
         (name = "openai", description = "OpenAI-compatible routes"),
         (name = "operations", description = "Probes and metrics; never need a key"),
     )

@@ -36,6 +36,8 @@ impl std::ops::Deref for AppState {
 pub struct Shared {
     /// Parsed once at start; read by handlers and layers.
     pub config: Arc<Config>,
+    /// The agents (the file's and the built-in default) and the tools they call.
+    pub agents: Arc<crate::agent::Agents>,
     /// The model. One instance (one pooled HTTP client) for the whole process; the task runner
     /// holds a clone.
     pub llm: Arc<dyn LlmProvider>,
@@ -160,8 +162,10 @@ impl AppStateBuilder {
         };
         let llm: Arc<dyn LlmProvider> = Arc::new(MeteredProvider::new(llm, Arc::clone(&metrics)));
         let stores = Stores::for_config(&config)?;
+        let agents = Arc::new(crate::agent::Agents::new(&config, Arc::clone(&metrics)));
         let runner = TaskRunner::new(
             Arc::clone(&llm),
+            Arc::clone(&agents),
             Arc::clone(&stores.tasks),
             Arc::clone(&metrics),
             RunnerLimits {
@@ -181,6 +185,7 @@ impl AppStateBuilder {
             keys: Arc::new(KeyRing::new(&config.api_keys)),
             limiter: Arc::new(limiter),
             config: Arc::new(config),
+            agents,
             llm,
             conversations,
             tasks,
@@ -192,6 +197,7 @@ impl AppStateBuilder {
             started: Instant::now(),
             ready: Default::default(),
         }));
+        state.agents.start(&state.runner);
         state.start_janitor();
         state.runner.start_workers();
         Ok(state)

@@ -68,10 +68,14 @@ fn llm(fake: &FakeOpenAi) -> Arc<dyn LlmProvider> {
 }
 
 fn runner(llm: Arc<dyn LlmProvider>, tasks: Arc<dyn TaskStore>, s: &Setup) -> TaskRunner {
+    let config = agent_api::config::Config::for_tests();
+    let metrics = Arc::new(Metrics::new());
+    let agents = Arc::new(agent_api::agent::Agents::new(&config, Arc::clone(&metrics)));
     let runner = TaskRunner::new(
         llm,
+        agents,
         tasks,
-        Arc::new(Metrics::new()),
+        metrics,
         RunnerLimits {
             concurrency: 2,
             queue_size: 10,
@@ -89,6 +93,7 @@ fn new_task() -> NewTask {
         prompt: "work".into(),
         task_type: "general".into(),
         model: "gpt-4o-mini".into(),
+        agent: None,
     }
 }
 
@@ -109,12 +114,13 @@ impl TaskStore for FlakyTasks {
     async fn list(&self, owner: &str, limit: usize) -> Result<Vec<Task>, StoreError> {
         self.inner.list(owner, limit).await
     }
-    async fn transition(
+    async fn transition_with_calls(
         &self,
         id: &str,
         from: &[TaskStatus],
         to: TaskStatus,
         result: Option<String>,
+        calls: Option<String>,
     ) -> Result<Option<Task>, StoreError> {
         if to.is_final()
             && self
@@ -124,7 +130,9 @@ impl TaskStore for FlakyTasks {
         {
             return Err(StoreError::Unavailable("injected".into()));
         }
-        self.inner.transition(id, from, to, result).await
+        self.inner
+            .transition_with_calls(id, from, to, result, calls)
+            .await
     }
 }
 
@@ -199,6 +207,8 @@ async fn an_entry_whose_task_is_final_but_unacknowledged_is_acknowledged_without
         result: None,
         created_at: now,
         completed_at: None,
+        agent: None,
+        tool_calls: None,
     };
     s.stores.tasks.insert(task.clone()).await.unwrap();
     s.stores.queue.push(&task.task_id).await.unwrap();

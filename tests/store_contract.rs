@@ -183,6 +183,8 @@ fn task(id: &str, owner: &str) -> Task {
         result: None,
         created_at: chrono::Utc::now(),
         completed_at: None,
+        agent: None,
+        tool_calls: None,
     }
 }
 

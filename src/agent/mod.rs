@@ -1,9 +1,13 @@
-//! The domain: run one agent turn on a conversation, and run background tasks ([`runner`]);
-//! [`tool_loop`] is the agent loop as a pure state machine.
+//! The domain: run one agent turn on a conversation ([`run_turn`], [`stream_turn`]), and run
+//! background tasks ([`runner`]). [`agents`] holds the agents a turn can run as, [`tool_loop`]
+//! is the agent loop as a pure state machine, and [`driver`] drives it with the model and the
+//! tools.
 //!
 //! Functions here take what they need (`&dyn LlmProvider`, `&dyn ConversationStore`) and know
 //! nothing about axum, so that they can be tested without HTTP.
 
+pub mod agents;
+pub mod driver;
 pub mod runner;
 pub mod tool_loop;
 
@@ -21,23 +25,36 @@ use crate::llm::{
 };
 use crate::store::{ConversationStore, StoreError, TurnLease};
 
+pub use agents::{Agent, Agents, DEFAULT_AGENT};
+pub use driver::ToolCallView;
 pub use runner::TaskRunner;
 
-/// A validated chat turn: every field has its final value.
+/// The tutorial's defaults, used where neither the request nor the agent says otherwise.
+pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful AI assistant.";
+pub const DEFAULT_TEMPERATURE: f64 = 0.7;
+
+/// A validated chat turn. Fields the request left out are `None`: the agent's own values, then
+/// the defaults, apply (the agent is known only once the conversation is: [`prepare`]).
 #[derive(Debug, Clone)]
 pub struct ChatTurn {
     pub conversation_id: Option<String>,
     pub message: String,
-    pub system_prompt: String,
-    pub temperature: f64,
-    pub max_tokens: u32,
-    pub model: String,
+    /// The agent the request named (checked to exist).
+    pub agent: Option<String>,
+    pub system_prompt: Option<String>,
+    pub temperature: Option<f64>,
+    pub max_tokens: Option<u32>,
+    pub model: Option<String>,
+    /// `max_tokens` when neither the request nor the agent sets it.
+    pub default_max_tokens: u32,
+    /// The model when neither the request nor the agent names one (`CHAT_MODEL`).
+    pub default_model: String,
     /// The estimated tokens of history sent upstream (`MAX_HISTORY_TOKENS`).
     pub max_history_tokens: usize,
     /// How long to wait for a conversation busy with another turn: `TURN_WAIT_SECS`, or zero
     /// for `if_busy: "reject"`.
     pub turn_wait: Duration,
-    /// `TURN_TIMEOUT_SECS`: the whole turn, every model call in it.
+    /// `TURN_TIMEOUT_SECS`: the whole turn, every model call and tool call in it.
     pub turn_timeout: Duration,
     /// `STREAM_WRITE_TIMEOUT_SECS`: how long a streamed turn waits for its client to take a
     /// frame before it takes the client for gone and ends.
@@ -49,6 +66,10 @@ pub struct TurnOutcome {
     pub conversation_id: String,
     pub response: String,
     pub tokens_used: u64,
+    /// Model calls made, for a turn of an agent with tools (`None` otherwise).
+    pub steps: Option<u32>,
+    /// The calls the turn made, with their results.
+    pub tool_calls: Vec<ToolCallView>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -61,12 +82,25 @@ pub enum AgentError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Busy(String),
+    /// The conversation belongs to another agent (409).
+    #[error("{0}")]
+    OtherAgent(String),
+    /// A field that does not fit the turn's agent (422).
+    #[error("{msg}")]
+    Invalid { field: &'static str, msg: String },
+    /// The loop was misdriven (a bug of ours).
+    #[error("{0}")]
+    Tool(String),
+    /// The streamed turn's client is gone.
+    #[error("the client is gone")]
+    Gone,
 }
 
 /// A turn whose lease is held and whose request is built, ready to call the model.
 struct PreparedTurn {
     lease: Box<dyn TurnLease>,
     conversation_id: String,
+    agent: Arc<Agent>,
     request: ChatRequest,
     /// The messages this turn adds before the answer (the system prompt on a new conversation,
     /// then the user message).
@@ -78,7 +112,7 @@ struct PreparedTurn {
 /// fit `max`. A leading system message and the last turn are always kept: what still does not
 /// fit is the upstream's to refuse (a "context length" answer, 422/400).
 pub fn trim_to_tokens(messages: &mut Vec<Message>, max: usize) {
-    let cost = |m: &Message| estimate_tokens(&m.content) + 4;
+    let cost = |m: &Message| estimate_tokens(&m.content) + m.tool_bytes().div_ceil(4) + 4;
     let mut total: usize = messages.iter().map(cost).sum();
     if total <= max {
         return;
@@ -100,8 +134,11 @@ pub fn trim_to_tokens(messages: &mut Vec<Message>, max: usize) {
     messages.drain(first..end);
 }
 
+/// Takes the conversation's turn and settles the agent: the conversation's own (a request
+/// naming another: 409), else the one the request names, else the default.
 async fn prepare(
     store: &dyn ConversationStore,
+    agents: &Agents,
     owner: &str,
     turn: ChatTurn,
 ) -> Result<PreparedTurn, AgentError> {
@@ -113,19 +150,60 @@ async fn prepare(
         .begin_turn(owner, &conversation_id, turn.turn_wait)
         .await?
         .ok_or(AgentError::NotFound("conversation"))?;
+    let existing = !lease.history().is_empty();
+    let own = existing.then(|| lease.agent().unwrap_or(DEFAULT_AGENT));
+    let name = match (turn.agent.as_deref(), own) {
+        (Some(named), Some(own)) if named != own => {
+            return Err(AgentError::OtherAgent(format!(
+                "the conversation belongs to the agent `{own}`"
+            )));
+        }
+        (Some(named), _) => named,
+        (None, Some(own)) => own,
+        (None, None) => DEFAULT_AGENT,
+    };
+    let agent = Arc::clone(agents.get(name).ok_or_else(|| {
+        AgentError::OtherAgent(format!(
+            "the conversation belongs to the agent `{name}`, which is no longer configured"
+        ))
+    })?);
+    let model = match (&agent.model, turn.model) {
+        (Some(own), Some(named)) if named != *own => {
+            return Err(AgentError::Invalid {
+                field: "model",
+                msg: format!("the agent `{}` uses the model `{own}`", agent.name),
+            });
+        }
+        (Some(own), _) => own.clone(),
+        (None, named) => named.unwrap_or(turn.default_model),
+    };
     let mut new_messages = Vec::with_capacity(2);
-    if lease.history().is_empty() {
-        new_messages.push(Message::new("system", turn.system_prompt));
+    if !existing {
+        let system = agent
+            .instructions
+            .clone()
+            .or(turn.system_prompt)
+            .unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.to_owned());
+        new_messages.push(Message::new("system", system));
     }
     new_messages.push(Message::new("user", turn.message));
     let mut messages = Vec::with_capacity(lease.history().len() + new_messages.len());
     messages.extend_from_slice(lease.history());
     messages.extend_from_slice(&new_messages);
     trim_to_tokens(&mut messages, max_history_tokens);
-    let request = ChatRequest::new(&turn.model, messages, turn.temperature, turn.max_tokens);
+    let temperature = turn
+        .temperature
+        .or(agent.temperature)
+        .unwrap_or(DEFAULT_TEMPERATURE);
+    let max_tokens = turn
+        .max_tokens
+        .or(agent.max_tokens)
+        .unwrap_or(turn.default_max_tokens);
+    let request = ChatRequest::new(&model, messages, temperature, max_tokens);
     Ok(PreparedTurn {
         lease,
         conversation_id,
+        agent,
         request,
         new_messages,
     })
@@ -140,18 +218,84 @@ fn tokens(usage: Option<Usage>, turn: &PreparedTurn, answer: &str) -> u64 {
     })
 }
 
+impl PreparedTurn {
+    /// The driver of this turn's loop (an agent with tools).
+    fn drive<'a>(
+        &'a mut self,
+        llm: &'a dyn LlmProvider,
+        agents: &'a Agents,
+        deadline: Instant,
+        turn_timeout: Duration,
+    ) -> (driver::Drive<'a>, Vec<Message>) {
+        let request = std::mem::take(&mut self.request);
+        let messages = match request.messages {
+            crate::llm::Messages::Turn(m) => m,
+            crate::llm::Messages::Raw(_) => Vec::new(),
+        };
+        let drive = driver::Drive {
+            llm,
+            toolbox: &agents.toolbox,
+            agent: &self.agent,
+            tools: agents.tools_of(&self.agent),
+            request: ChatRequest {
+                model: request.model,
+                messages: Default::default(),
+                extra: request.extra,
+            },
+            deadline,
+            turn_timeout,
+        };
+        (drive, messages)
+    }
+
+    /// Commits a finished loop: the turn's own messages, then everything the loop added.
+    async fn commit_loop(self, done: tool_loop::Finished) -> Result<TurnOutcome, AgentError> {
+        let PreparedTurn {
+            lease,
+            conversation_id,
+            agent,
+            mut new_messages,
+            ..
+        } = self;
+        new_messages.extend(done.new_messages);
+        lease.commit_as(new_messages, Some(&agent.name)).await?;
+        Ok(TurnOutcome {
+            conversation_id,
+            response: done.response,
+            tokens_used: done.tokens_used,
+            steps: Some(done.steps),
+            tool_calls: done
+                .calls
+                .iter()
+                .map(|c| ToolCallView::call(&c.call).with_outcome(&c.outcome))
+                .collect(),
+        })
+    }
+}
+
 /// Runs one non-streamed turn. On any error the conversation is left exactly as it was.
 #[instrument(skip_all, fields(conversation_id))]
 pub async fn run_turn(
     llm: &dyn LlmProvider,
     store: &dyn ConversationStore,
+    agents: &Agents,
     owner: &str,
     turn: ChatTurn,
 ) -> Result<TurnOutcome, AgentError> {
     let limit = turn.turn_timeout;
     let deadline = Instant::now() + limit;
-    let mut prepared = prepare(store, owner, turn).await?;
+    let mut prepared = prepare(store, agents, owner, turn).await?;
     tracing::Span::current().record("conversation_id", prepared.conversation_id.as_str());
+    if prepared.agent.has_tools() {
+        let (drive, messages) = prepared.drive(llm, agents, deadline, limit);
+        let mut events = driver::NoEvents;
+        let run = drive.run(messages, None, &mut events);
+        let done = tokio::time::timeout_at(deadline, run)
+            .await
+            .map_err(|_| LlmError::Timeout(limit))??;
+        drop(drive);
+        return prepared.commit_loop(done).await;
+    }
     let call = llm.complete(std::mem::take(&mut prepared.request));
     let completion = tokio::time::timeout_at(deadline, call)
         .await
@@ -160,15 +304,18 @@ pub async fn run_turn(
     let PreparedTurn {
         lease,
         conversation_id,
+        agent,
         mut new_messages,
         ..
     } = prepared;
     new_messages.push(Message::new("assistant", completion.content.clone()));
-    lease.commit(new_messages).await?;
+    lease.commit_as(new_messages, Some(&agent.name)).await?;
     Ok(TurnOutcome {
         conversation_id,
         response: completion.content,
         tokens_used,
+        steps: None,
+        tool_calls: Vec::new(),
     })
 }
 
@@ -177,15 +324,20 @@ pub async fn run_turn(
 pub enum TurnEvent {
     /// A piece of the answer.
     Delta(String),
+    /// The model called a tool (an agent's turn); its result follows.
+    ToolCall(ToolCallView),
+    /// A tool call's result or error, with its duration.
+    ToolResult(ToolCallView),
     /// The answer is complete and saved.
     Done {
         conversation_id: String,
         tokens_used: u64,
+        /// Model calls made, for a turn of an agent with tools.
+        steps: Option<u32>,
     },
     /// The turn failed after it started; nothing was saved. The stream ends after this.
     Failed(AgentError),
 }
-
 pub type TurnStream = std::pin::Pin<Box<dyn futures::Stream<Item = TurnEvent> + Send>>;
 
 /// How many frames a streamed turn may run ahead of its client: enough that the model's pace
@@ -209,6 +361,7 @@ pub async fn stream_turn(
     llm: &Arc<dyn LlmProvider>,
     store: &dyn ConversationStore,
     runner: &TaskRunner,
+    agents: &Arc<Agents>,
     owner: &str,
     turn: ChatTurn,
 ) -> Result<(String, TurnStream), AgentError> {
@@ -217,14 +370,29 @@ pub async fn stream_turn(
         turn_timeout: turn.turn_timeout,
         frame: turn.frame_timeout,
     };
-    let mut prepared = prepare(store, owner, turn).await?;
-    let request = std::mem::take(&mut prepared.request);
-    let upstream = tokio::time::timeout_at(limits.turn, llm.stream(request))
-        .await
-        .map_err(|_| LlmError::Timeout(limits.turn_timeout))??;
+    let mut prepared = prepare(store, agents, owner, turn).await?;
     let id = prepared.conversation_id.clone();
     let (tx, rx) = mpsc::channel(FRAMES_AHEAD);
-    runner.spawn(produce(prepared, upstream, tx, limits));
+    if prepared.agent.has_tools() {
+        // The first step's request is sent here, so that its refusal is an HTTP error.
+        let (drive, messages) =
+            prepared.drive(llm.as_ref(), agents, limits.turn, limits.turn_timeout);
+        let request = drive.first_request(&messages);
+        drop(drive);
+        let upstream = tokio::time::timeout_at(limits.turn, llm.stream(request))
+            .await
+            .map_err(|_| LlmError::Timeout(limits.turn_timeout))??;
+        let (llm, agents) = (Arc::clone(llm), Arc::clone(agents));
+        runner.spawn(async move {
+            produce_loop(prepared, messages, upstream, &*llm, &agents, tx, limits).await;
+        });
+    } else {
+        let request = std::mem::take(&mut prepared.request);
+        let upstream = tokio::time::timeout_at(limits.turn, llm.stream(request))
+            .await
+            .map_err(|_| LlmError::Timeout(limits.turn_timeout))??;
+        runner.spawn(produce(prepared, upstream, tx, limits));
+    }
     let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(|event| *event);
     Ok((id, Box::pin(events)))
 }
@@ -304,13 +472,15 @@ async fn produce(
                 let PreparedTurn {
                     lease,
                     conversation_id,
+                    agent,
                     new_messages,
                     ..
                 } = prepared;
-                let event = match lease.commit(new_messages).await {
+                let event = match lease.commit_as(new_messages, Some(&agent.name)).await {
                     Ok(()) => TurnEvent::Done {
                         conversation_id,
                         tokens_used,
+                        steps: None,
                     },
                     Err(e) => TurnEvent::Failed(e.into()),
                 };
@@ -319,6 +489,60 @@ async fn produce(
             }
         }
     }
+}
+
+/// A streamed client, as the driver sees it.
+struct Channel<'a> {
+    tx: &'a mpsc::Sender<Frame>,
+    limits: Deadlines,
+}
+
+#[async_trait::async_trait]
+impl driver::Events for Channel<'_> {
+    fn streamed(&self) -> bool {
+        true
+    }
+    async fn send(&mut self, event: TurnEvent) -> bool {
+        deliver(self.tx, event, self.limits).await
+    }
+}
+
+/// The streamed turn's own task for an agent with tools: drives the loop, streaming every
+/// step's content and each tool call and result, and commits the whole turn at the end.
+async fn produce_loop(
+    mut prepared: PreparedTurn,
+    messages: Vec<Message>,
+    first: ChunkStream,
+    llm: &dyn LlmProvider,
+    agents: &Agents,
+    tx: mpsc::Sender<Frame>,
+    limits: Deadlines,
+) {
+    let outcome = {
+        let (drive, _) = prepared.drive(llm, agents, limits.turn, limits.turn_timeout);
+        let mut channel = Channel { tx: &tx, limits };
+        let run = drive.run(messages, Some(first), &mut channel);
+        tokio::select! {
+            biased;
+            // The client left: the turn is cancelled (model call, tool calls, the lease).
+            () = tx.closed() => return,
+            () = tokio::time::sleep_until(limits.turn) => Err(LlmError::Timeout(limits.turn_timeout).into()),
+            done = run => done,
+        }
+    };
+    let event = match outcome {
+        Err(AgentError::Gone) => return,
+        Err(e) => TurnEvent::Failed(e),
+        Ok(done) => match prepared.commit_loop(done).await {
+            Ok(out) => TurnEvent::Done {
+                conversation_id: out.conversation_id,
+                tokens_used: out.tokens_used,
+                steps: out.steps,
+            },
+            Err(e) => TurnEvent::Failed(e),
+        },
+    };
+    deliver(&tx, event, limits).await;
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::AgentError;
+use super::{AgentError, Agents};
 use crate::llm::{ChatRequest, LlmProvider, Message};
 use crate::metrics::{Metrics, StateLabels};
 use crate::store::{QueueEntry, Task, TaskQueue, TaskStatus, TaskStore};
@@ -34,6 +34,7 @@ pub struct TaskRunner {
 
 struct Inner {
     llm: Arc<dyn LlmProvider>,
+    agents: Arc<Agents>,
     tasks: Arc<dyn TaskStore>,
     /// Counts finished tasks by state.
     metrics: Arc<Metrics>,
@@ -56,11 +57,14 @@ pub struct NewTask {
     pub prompt: String,
     pub task_type: String,
     pub model: String,
+    /// The agent it runs as (`None`: the default); its instructions, model and tools apply.
+    pub agent: Option<String>,
 }
 
 impl TaskRunner {
     pub fn new(
         llm: Arc<dyn LlmProvider>,
+        agents: Arc<Agents>,
         tasks: Arc<dyn TaskStore>,
         metrics: Arc<Metrics>,
         limits: RunnerLimits,
@@ -69,6 +73,7 @@ impl TaskRunner {
         Self {
             inner: Arc::new(Inner {
                 llm,
+                agents,
                 tasks,
                 metrics,
                 slots: Arc::new(Semaphore::new(limits.concurrency)),
@@ -126,6 +131,8 @@ impl TaskRunner {
             result: None,
             created_at: chrono::Utc::now(),
             completed_at: None,
+            agent: new.agent,
+            tool_calls: None,
         };
         if inner.queue.waiting().await? >= inner.limits.queue_size {
             return Err(queue_full(inner.limits.queue_size));
@@ -161,21 +168,16 @@ impl TaskRunner {
             .tasks
             .transition(id, &unfinished, TaskStatus::Running, None)
             .await;
-        let (status, result) = match started {
-            Ok(Some(_)) => {
-                match self
-                    .execute(&task.prompt, &task.task_type, &task.model, token)
-                    .await
-                {
-                    Some(end) => end,
-                    None => return self.stopped(id).await,
-                }
-            }
+        let (status, result, calls) = match started {
+            Ok(Some(_)) => match self.execute(&task, token).await {
+                Some(end) => end,
+                None => return self.stopped(id).await,
+            },
             // Cancelled (or finished) before it started.
             Ok(None) => return Outcome::Recorded,
-            Err(e) => (TaskStatus::Failed, Some(e.to_string())),
+            Err(e) => (TaskStatus::Failed, Some(e.to_string()), None),
         };
-        self.finish(id, status, result).await
+        self.finish_with_calls(id, status, result, calls).await
     }
 
     /// A task stopped by the end of the shutdown's grace: with the shared queue it goes back
@@ -200,13 +202,23 @@ impl TaskRunner {
     /// Records a task's end, unless it ended already (cancelled meanwhile). A failed write is
     /// tried again a few times (the queue entry stays unacknowledged until it succeeds).
     async fn finish(&self, id: &str, status: TaskStatus, result: Option<String>) -> Outcome {
+        self.finish_with_calls(id, status, result, None).await
+    }
+
+    async fn finish_with_calls(
+        &self,
+        id: &str,
+        status: TaskStatus,
+        result: Option<String>,
+        calls: Option<String>,
+    ) -> Outcome {
         let inner = &self.inner;
         let from = [TaskStatus::Pending, TaskStatus::Running];
         let mut pause = Duration::from_millis(200);
         for attempt in 1..=3 {
             match inner
                 .tasks
-                .transition(id, &from, status, result.clone())
+                .transition_with_calls(id, &from, status, result.clone(), calls.clone())
                 .await
             {
                 Ok(Some(_)) => {
@@ -346,35 +358,88 @@ impl TaskRunner {
         inner.cancels.remove(&entry.task_id);
     }
 
+    /// Runs a task's turn: `None` when stopped by the end of the shutdown's grace; else its
+    /// final state, result, and its tool calls (JSON text) when its agent called any.
     async fn execute(
         &self,
-        prompt: &str,
-        task_type: &str,
-        model: &str,
+        task: &Task,
         token: &CancellationToken,
-    ) -> Option<(TaskStatus, Option<String>)> {
+    ) -> Option<(TaskStatus, Option<String>, Option<String>)> {
         let inner = &self.inner;
+        let name = task.agent.as_deref().unwrap_or(super::DEFAULT_AGENT);
+        let Some(agent) = inner.agents.get(name).cloned() else {
+            let why = format!("the agent `{name}` is no longer configured");
+            return Some((TaskStatus::Failed, Some(why), None));
+        };
+        let system = agent.instructions.clone().unwrap_or_else(|| {
+            format!(
+                "You are an expert assistant. Perform this {} task thoroughly.",
+                task.task_type
+            )
+        });
         let messages = vec![
-            Message::new(
-                "system",
-                format!("You are an expert assistant. Perform this {task_type} task thoroughly."),
-            ),
-            Message::new("user", prompt),
+            Message::new("system", system),
+            Message::new("user", task.prompt.clone()),
         ];
-        let req = ChatRequest::new(model, messages, 0.7, 1000);
+        let model = agent.model.as_deref().unwrap_or(&task.model);
+        let temperature = agent.temperature.unwrap_or(0.7);
+        let req = ChatRequest::new(
+            model,
+            messages,
+            temperature,
+            agent.max_tokens.unwrap_or(1000),
+        );
         let limit = inner.limits.timeout;
+        let run = async {
+            if !agent.has_tools() {
+                let done = inner.llm.complete(req).await?;
+                return Ok::<_, AgentError>((done.content, None));
+            }
+            let ChatRequest {
+                model,
+                messages,
+                extra,
+            } = req;
+            let crate::llm::Messages::Turn(messages) = messages else {
+                return Err(AgentError::Tool("a task's messages are its own".into()));
+            };
+            let drive = super::driver::Drive {
+                llm: inner.llm.as_ref(),
+                toolbox: &inner.agents.toolbox,
+                agent: &agent,
+                tools: inner.agents.tools_of(&agent),
+                request: ChatRequest {
+                    model,
+                    messages: Default::default(),
+                    extra,
+                },
+                deadline: tokio::time::Instant::now() + limit,
+                turn_timeout: limit,
+            };
+            let done = drive
+                .run(messages, None, &mut super::driver::NoEvents)
+                .await?;
+            let calls: Vec<super::ToolCallView> = done
+                .calls
+                .iter()
+                .map(|c| super::ToolCallView::call(&c.call).with_outcome(&c.outcome))
+                .collect();
+            let calls =
+                (!calls.is_empty()).then(|| serde_json::to_string(&calls).unwrap_or_default());
+            Ok((done.response, calls))
+        };
         // `None`: stopped by the end of the shutdown's grace.
         Some(tokio::select! {
             _ = token.cancelled() => {
                 if inner.shutdown.is_cancelled() {
                     return None;
                 }
-                (TaskStatus::Cancelled, None)
+                (TaskStatus::Cancelled, None, None)
             }
-            res = tokio::time::timeout(limit, inner.llm.complete(req)) => match res {
-                Ok(Ok(done)) => (TaskStatus::Completed, Some(done.content)),
-                Ok(Err(e)) => (TaskStatus::Failed, Some(e.to_string())),
-                Err(_) => (TaskStatus::Failed, Some(format!("the task took longer than {}s", limit.as_secs()))),
+            res = tokio::time::timeout(limit, run) => match res {
+                Ok(Ok((text, calls))) => (TaskStatus::Completed, Some(text), calls),
+                Ok(Err(e)) => (TaskStatus::Failed, Some(e.to_string()), None),
+                Err(_) => (TaskStatus::Failed, Some(format!("the task took longer than {}s", limit.as_secs())), None),
             }
         })
     }

@@ -105,10 +105,15 @@ pub struct ConfigError {
 /// | `SSE_KEEPALIVE_SECS` | `15` |
 /// | `WS_PING_SECS` / `WS_IDLE_TIMEOUT_SECS` / `WS_MAX_MESSAGE_BYTES` / `WS_MAX_FRAMES_PER_MINUTE` | `20` / `300` / `65536` / `600` |
 /// | `CORS_ORIGINS` | unset (no cross-origin access) |
+/// | `AGENTS_FILE` / `TOOL_RESULT_MAX_BYTES` | `agents.toml` (if present) / `65536` |
 /// | `ECHO_DELAY_MS` | `15` (pause between the echo provider's chunks) |
 /// | `RUST_LOG` / `LOG_FORMAT` | `info` / `pretty` |
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `AGENTS_FILE`: the operator's agents, HTTP tools and MCP servers (empty without one).
+    pub agents: std::sync::Arc<AgentsFile>,
+    /// `TOOL_RESULT_MAX_BYTES`: a tool result is cut to this many bytes.
+    pub tool_result_max_bytes: usize,
     pub addr: SocketAddr,
     pub provider: ProviderKind,
     pub openai_api_key: Option<Secret>,
@@ -191,7 +196,43 @@ impl Config {
             })?),
             None => None,
         };
-        Self::from_lookup(|k| vars.get(k).cloned(), file_keys.as_deref())
+        let mut cfg = Self::from_lookup(|k| vars.get(k).cloned(), file_keys.as_deref())?;
+        let named = vars.get("AGENTS_FILE").filter(|p| !p.trim().is_empty());
+        let path = named.map_or("agents.toml", |p| p.trim());
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => Some(text),
+            // The default file is optional; a named one must be there.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && named.is_none() => None,
+            Err(e) => {
+                return Err(ConfigError {
+                    var: "AGENTS_FILE",
+                    reason: format!("cannot read {path}: {e}"),
+                });
+            }
+        };
+        if let Some(text) = text {
+            cfg.agents =
+                std::sync::Arc::new(cfg.parse_agents(&text, path, &|k| vars.get(k).cloned())?);
+        }
+        Ok(cfg)
+    }
+
+    /// Parses an agents file against this configuration (its models and output limit).
+    pub fn parse_agents(
+        &self,
+        text: &str,
+        file: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<AgentsFile, ConfigError> {
+        let allowed = |m: &str| self.model_allowed(m);
+        let limits = agents::Limits {
+            model_allowed: &allowed,
+            max_output_tokens: self.max_output_tokens,
+        };
+        agents::parse(text, file, env, &limits).map_err(|reason| ConfigError {
+            var: "AGENTS_FILE",
+            reason,
+        })
     }
 
     /// Parses from any lookup function; `api_keys_file` is the content of `API_KEYS_FILE`.
@@ -341,6 +382,8 @@ impl Config {
             })?;
 
         let cfg = Config {
+            agents: Default::default(),
+            tool_result_max_bytes: count(&get, "TOOL_RESULT_MAX_BYTES", 65_536)?,
             addr: SocketAddr::new(host, port),
             provider,
             openai_api_key,
@@ -444,9 +487,11 @@ impl Config {
     }
 }
 
+pub mod agents;
 mod parse;
 #[cfg(test)]
 mod tests;
 
+pub use agents::AgentsFile;
 pub use parse::parse_api_keys;
 use parse::{count, parse, positive, secs, split_list};

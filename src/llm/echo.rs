@@ -3,6 +3,11 @@
 //! It answers `Echo: <the last user message>` in word-sized chunks, with usage counted in words.
 //! The input chooses its behaviour: a message containing `[fail]` fails, one containing `[slow]`
 //! waits a minute before answering (so that timeouts and cancellation can be seen).
+//!
+//! It calls tools too, so that the agent loop runs offline: when the request offers tools (and
+//! `tool_choice` is not `"none"`), a last user message containing `[tool:NAME {json arguments}]`
+//! (one or more) is answered with those calls; after the tool results (the request ends with
+//! `tool` messages) it answers `Echo:` followed by them.
 
 use std::time::Duration;
 
@@ -74,7 +79,29 @@ impl LlmProvider for EchoProvider {
             return Err(LlmError::Failed("echo was asked to fail".into()));
         }
         let slow = text.contains("[slow]");
-        let answer = format!("Echo: {text}");
+        let texts = req.texts();
+        let results: Vec<&str> = texts
+            .iter()
+            .rev()
+            .take_while(|(role, _)| *role == "tool")
+            .map(|(_, t)| t.as_str())
+            .collect();
+        let calls = if results.is_empty() && offers_tools(&req) {
+            tool_markers(&text)
+        } else {
+            Vec::new()
+        };
+        let answer = if results.is_empty() {
+            format!("Echo: {text}")
+        } else {
+            let results: Vec<&str> = results.into_iter().rev().collect();
+            format!("Echo: {}", results.join(" "))
+        };
+        let answer = if calls.is_empty() {
+            answer
+        } else {
+            String::new()
+        };
         let (prompt_tokens, completion_tokens) =
             (count_tokens(&req.all_text()), count_tokens(&answer));
         let usage = Usage {
@@ -100,7 +127,21 @@ impl LlmProvider for EchoProvider {
                 None,
             ));
         }
-        raws.push(chunk_json(&id, &model, json!({}), Some("stop"), None));
+        // A call in two fragments (name, then arguments), as real servers stream them.
+        for (i, (name, arguments)) in calls.iter().enumerate() {
+            let call_id = format!("call_{}", uuid::Uuid::new_v4().simple());
+            let head = json!({"tool_calls": [{"index": i, "id": call_id, "type": "function",
+                "function": {"name": name, "arguments": ""}}]});
+            raws.push(chunk_json(&id, &model, head, None, None));
+            let rest = json!({"tool_calls": [{"index": i, "function": {"arguments": arguments}}]});
+            raws.push(chunk_json(&id, &model, rest, None, None));
+        }
+        let finish = if calls.is_empty() {
+            "stop"
+        } else {
+            "tool_calls"
+        };
+        raws.push(chunk_json(&id, &model, json!({}), Some(finish), None));
         raws.push(chunk_json(&id, &model, json!({}), None, Some(usage)));
         let delay = self.delay;
         let stream = futures::stream::unfold(
@@ -117,6 +158,48 @@ impl LlmProvider for EchoProvider {
         );
         Ok(guard_stream(Box::pin(stream), self.timeout))
     }
+}
+
+/// Whether the request offers tools the model may call.
+fn offers_tools(req: &ChatRequest) -> bool {
+    let tools = req
+        .extra
+        .get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty());
+    tools && req.extra.get("tool_choice").and_then(Value::as_str) != Some("none")
+}
+
+/// The `[tool:NAME {json}]` markers of a message: each call's name and arguments (the text
+/// between the name and the closing bracket, valid JSON or not).
+fn tool_markers(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("[tool:") {
+        rest = &rest[at + "[tool:".len()..];
+        let name_len = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .unwrap_or(rest.len());
+        let name = &rest[..name_len];
+        let after = rest[name_len..].trim_start();
+        // The arguments end where a JSON value ends, else at the next `]`.
+        let mut values = serde_json::Deserializer::from_str(after).into_iter::<Value>();
+        let end = match values.next() {
+            Some(Ok(_)) => values.byte_offset(),
+            _ => after.find(']').unwrap_or(after.len()),
+        };
+        let arguments = after[..end].trim();
+        if !name.is_empty() {
+            let arguments = if arguments.is_empty() {
+                "{}"
+            } else {
+                arguments
+            };
+            out.push((name.to_owned(), arguments.to_owned()));
+        }
+        rest = &after[end..];
+    }
+    out
 }
 
 #[cfg(test)]
@@ -148,6 +231,60 @@ mod tests {
         let done = p.complete(req).await.unwrap();
         assert_eq!(done.content, "Echo: hello world");
         assert_eq!(done.usage.unwrap().completion_tokens, 3);
+    }
+
+    #[test]
+    fn markers() {
+        assert_eq!(
+            tool_markers(
+                r#"do [tool:lookup {"order_id": "42"}] and [tool:time-now] [tool:x not json]"#
+            ),
+            vec![
+                ("lookup".to_owned(), r#"{"order_id": "42"}"#.to_owned()),
+                ("time-now".to_owned(), "{}".to_owned()),
+                ("x".to_owned(), "not json".to_owned()),
+            ]
+        );
+        assert!(tool_markers("no calls [tool:]").is_empty());
+    }
+
+    #[tokio::test]
+    async fn calls_tools_when_offered_then_echoes_the_results() {
+        let p = EchoProvider::new(Duration::ZERO, Duration::from_secs(1));
+        let mut req = ChatRequest::new(
+            "m",
+            vec![Message::new("user", r#"[tool:f {"a": 1}] [tool:g {}]"#)],
+            0.7,
+            10,
+        );
+        // Without tools offered, the marker is only text.
+        assert!(p.complete(req.clone()).await.unwrap().tool_calls.is_empty());
+        req.extra
+            .insert("tools".into(), json!([{"type": "function"}]));
+        let done = p.complete(req.clone()).await.unwrap();
+        let names: Vec<&str> = done
+            .tool_calls
+            .iter()
+            .map(|c| c.function.name.as_str())
+            .collect();
+        assert_eq!(names, ["f", "g"]);
+        assert_eq!(done.tool_calls[0].function.arguments, r#"{"a": 1}"#);
+        assert!(done.raw.contains("\"finish_reason\":\"tool_calls\""));
+        let crate::llm::Messages::Turn(m) = &mut req.messages else {
+            unreachable!()
+        };
+        m.push(Message::assistant_calls("", done.tool_calls.clone()));
+        m.push(Message::tool_result(&done.tool_calls[0].id, "one"));
+        m.push(Message::tool_result(&done.tool_calls[1].id, "two"));
+        let after = p.complete(req.clone()).await.unwrap();
+        assert_eq!(after.content, "Echo: one two");
+        assert!(after.tool_calls.is_empty());
+        // tool_choice none: text even when the user message holds a marker.
+        let mut none = ChatRequest::new("m", vec![Message::new("user", "[tool:f {}]")], 0.7, 10);
+        none.extra
+            .insert("tools".into(), json!([{"type": "function"}]));
+        none.extra.insert("tool_choice".into(), json!("none"));
+        assert!(p.complete(none).await.unwrap().tool_calls.is_empty());
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@ pub mod echo;
 pub mod http;
 pub mod openai;
 pub mod sse;
+pub mod tool_calls;
 
 use std::borrow::Cow;
 use std::pin::Pin;
@@ -21,6 +22,7 @@ use serde_json::{Map, Value, json};
 
 pub use echo::EchoProvider;
 pub use openai::OpenAiProvider;
+pub use tool_calls::{FunctionCall, ToolCall, ToolCallAssembler, ToolCallDelta};
 
 /// One message of a conversation, as the tutorial routes store and send it. An agent's turn
 /// adds assistant messages with `tool_calls` and `tool` messages with `tool_call_id`, stored
@@ -53,44 +55,21 @@ impl Message {
         }
     }
 
+    /// The bytes of its tool calls (name, arguments, id) and tool-call id, for the stores' and
+    /// the trimming's accounting.
+    pub fn tool_bytes(&self) -> usize {
+        let calls = self.tool_calls.iter().flatten();
+        calls
+            .map(|c| c.id.len() + c.function.name.len() + c.function.arguments.len() + 16)
+            .sum::<usize>()
+            + self.tool_call_id.as_ref().map_or(0, String::len)
+    }
+
     /// The result of the tool call `call_id`.
     pub fn tool_result(call_id: &str, content: impl Into<String>) -> Self {
         Self {
             tool_call_id: Some(call_id.to_owned()),
             ..Self::new("tool", content)
-        }
-    }
-}
-
-/// A tool call in OpenAI's wire shape: `{"id", "type": "function", "function": {"name",
-/// "arguments"}}`, the arguments as the model's text.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ToolCall {
-    pub id: String,
-    #[serde(rename = "type", default = "function_kind")]
-    pub kind: String,
-    pub function: FunctionCall,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct FunctionCall {
-    pub name: String,
-    pub arguments: String,
-}
-
-fn function_kind() -> String {
-    "function".into()
-}
-
-impl ToolCall {
-    pub fn function(id: &str, name: &str, arguments: &str) -> Self {
-        Self {
-            id: id.to_owned(),
-            kind: function_kind(),
-            function: FunctionCall {
-                name: name.to_owned(),
-                arguments: arguments.to_owned(),
-            },
         }
     }
 }
@@ -144,7 +123,7 @@ impl ChatRequest {
     }
 
     /// Each message's role and text (string content, or the text parts of an array).
-    fn texts(&self) -> Vec<(&str, String)> {
+    pub fn texts(&self) -> Vec<(&str, String)> {
         match &self.messages {
             Messages::Turn(m) => m
                 .iter()
@@ -196,6 +175,8 @@ pub fn content_text(content: Option<&Value>) -> String {
 #[derive(Debug, Clone)]
 pub struct ChatChunk {
     pub delta: String,
+    /// Fragments of tool calls ([`ToolCallAssembler`] puts them together).
+    pub tool_calls: Vec<ToolCallDelta>,
     pub finish_reason: Option<String>,
     pub usage: Option<Usage>,
     /// `choices` is an empty array: the usage chunk that ends a stream when usage is asked for.
@@ -230,6 +211,9 @@ struct WireChoice<'a> {
 struct WireMessage<'a> {
     #[serde(default, borrow)]
     content: Option<Cow<'a, str>>,
+    /// Whole calls in a completion's message; fragments ([`ToolCallDelta`]) in a chunk's delta.
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 #[derive(Deserialize)]
@@ -297,16 +281,20 @@ impl ChatChunk {
         let wire = parse_wire(&raw)?;
         let usage_only = wire.choices.as_ref().is_some_and(Vec::is_empty);
         let choice = wire.choices.and_then(|c| c.into_iter().next());
-        let (delta, finish_reason) = match choice {
-            Some(c) => (
-                c.delta.and_then(|d| d.content).map(Cow::into_owned),
-                c.finish_reason.map(Cow::into_owned),
-            ),
-            None => (None, None),
+        let (delta, tool_calls, finish_reason) = match choice {
+            Some(c) => {
+                let (content, calls) = match c.delta {
+                    Some(d) => (d.content.map(Cow::into_owned), d.tool_calls),
+                    None => (None, None),
+                };
+                (content, calls, c.finish_reason.map(Cow::into_owned))
+            }
+            None => (None, None, None),
         };
         let usage = wire.usage.map(Usage::from);
         Ok(Self {
             delta: delta.unwrap_or_default(),
+            tool_calls: tool_calls.unwrap_or_default(),
             finish_reason,
             usage,
             usage_only,
@@ -319,6 +307,7 @@ impl ChatChunk {
 #[derive(Debug, Clone)]
 pub struct Completion {
     pub content: String,
+    pub tool_calls: Vec<ToolCall>,
     pub usage: Option<Usage>,
     pub raw: String,
 }
@@ -332,9 +321,19 @@ impl Completion {
             .and_then(|c| c.message)
             .ok_or_else(|| LlmError::BadResponse("completion has no choices[0].message".into()))?;
         let content = message.content.map(Cow::into_owned).unwrap_or_default();
+        let mut calls = ToolCallAssembler::default();
+        for call in message.tool_calls.unwrap_or_default() {
+            // Whole calls: each is its own, whatever index it names.
+            calls.push(ToolCallDelta {
+                index: None,
+                id: call.id.or_else(|| Some(uuid::Uuid::new_v4().to_string())),
+                ..call
+            });
+        }
         let usage = wire.usage.map(Usage::from);
         Ok(Self {
             content,
+            tool_calls: calls.finish(),
             usage,
             raw,
         })
@@ -385,15 +384,21 @@ pub trait LlmProvider: Send + Sync + 'static {
         let mut content = String::new();
         let mut usage = None;
         let mut finish = None;
+        let mut calls = ToolCallAssembler::default();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             content.push_str(&chunk.delta);
+            for delta in chunk.tool_calls {
+                calls.push(delta);
+            }
             usage = chunk.usage.or(usage);
             finish = chunk.finish_reason.or(finish);
         }
-        let raw = completion_json(&model, &content, finish.as_deref(), usage);
+        let tool_calls = calls.finish();
+        let raw = completion_json(&model, &content, &tool_calls, finish.as_deref(), usage);
         Ok(Completion {
             content,
+            tool_calls,
             usage,
             raw,
         })
@@ -409,9 +414,14 @@ pub trait LlmProvider: Send + Sync + 'static {
 pub fn completion_json(
     model: &str,
     content: &str,
+    tool_calls: &[ToolCall],
     finish: Option<&str>,
     usage: Option<Usage>,
 ) -> String {
+    let mut message = json!({"role": "assistant", "content": content, "refusal": null});
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = json!(tool_calls);
+    }
     json!({
         "id": format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
         "object": "chat.completion",
@@ -419,7 +429,7 @@ pub fn completion_json(
         "model": model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": content, "refusal": null},
+            "message": message,
             "logprobs": null,
             "finish_reason": finish.unwrap_or("stop"),
         }],

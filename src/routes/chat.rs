@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::agent::{self, ChatTurn};
+use crate::agent::{self, Agents, ChatTurn, ToolCallView};
 use crate::config::Config;
 use crate::error::{ApiError, FieldError};
 use crate::extract::AppJson;
@@ -15,8 +15,7 @@ use crate::middleware::auth::Caller;
 use crate::openapi::{DetailError, ModelCallErrors};
 use crate::state::AppState;
 
-pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful AI assistant.";
-pub const DEFAULT_TEMPERATURE: f64 = 0.7;
+pub use crate::agent::{DEFAULT_SYSTEM_PROMPT, DEFAULT_TEMPERATURE};
 /// The tutorial's default; `min(1000, MAX_OUTPUT_TOKENS)` is sent.
 pub const DEFAULT_MAX_TOKENS: i64 = 1000;
 
@@ -71,6 +70,11 @@ pub struct ChatInput {
     #[serde(default)]
     #[schema(value_type = Option<IfBusy>)]
     pub if_busy: Option<String>,
+    /// One of `GET /agents` (default: the conversation's own, else `default`). A conversation
+    /// belongs to the agent of its first turn: naming another answers 409.
+    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    pub agent: Option<String>,
 }
 
 /// The values of `if_busy` (for the document; the field is read as text so that a bad value is
@@ -90,6 +94,13 @@ pub struct ChatResponse {
     pub tokens_used: u64,
     #[serde(serialize_with = "crate::routes::rfc3339")]
     pub timestamp: DateTime<Utc>,
+    /// The tools the turn called (an agent's turn), in call order, each with its `result` or
+    /// `error`; absent when it called none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallView>>,
+    /// Model calls made (an agent with tools).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u32>,
 }
 
 /// Whether `id` is a valid conversation id: 1..128 of `[A-Za-z0-9_-]`.
@@ -103,7 +114,12 @@ pub fn valid_id(id: &str) -> bool {
 impl ChatInput {
     /// Checks every field (all errors at once, as FastAPI reports them); `root` is the first
     /// `loc` entry (`body` or `query`).
-    pub fn validate(self, config: &Config, root: &str) -> Result<ChatTurn, ApiError> {
+    pub fn validate(
+        self,
+        config: &Config,
+        agents: &Agents,
+        root: &str,
+    ) -> Result<ChatTurn, ApiError> {
         let mut errors = Vec::new();
         let mut err = |field: &str, msg: String, kind: &str| {
             errors.push(FieldError {
@@ -138,6 +154,15 @@ impl ChatInput {
                 "string_pattern_mismatch",
             );
         }
+        if let Some(name) = &self.agent
+            && agents.get(name).is_none()
+        {
+            err(
+                "agent",
+                "Input should be the name of one of this server's agents (GET /agents)".into(),
+                "enum",
+            );
+        }
         let temperature = self.temperature.unwrap_or(DEFAULT_TEMPERATURE);
         if !(0.0..=2.0).contains(&temperature) {
             err(
@@ -147,10 +172,12 @@ impl ChatInput {
             );
         }
         let limit = i64::from(config.max_output_tokens);
+        let default_max_tokens = DEFAULT_MAX_TOKENS.min(limit);
+        let asked = self.max_tokens.or(self.max_completion_tokens);
         let (field, max_tokens) = match (self.max_tokens, self.max_completion_tokens) {
             (Some(n), _) => ("max_tokens", n),
             (None, Some(n)) => ("max_completion_tokens", n),
-            (None, None) => ("max_tokens", DEFAULT_MAX_TOKENS.min(limit)),
+            (None, None) => ("max_tokens", default_max_tokens),
         };
         if !(1..=limit).contains(&max_tokens) {
             err(
@@ -194,12 +221,13 @@ impl ChatInput {
         Ok(ChatTurn {
             conversation_id: self.conversation_id,
             message: self.message,
-            system_prompt: self
-                .system_prompt
-                .unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.to_owned()),
-            temperature,
-            max_tokens: max_tokens as u32,
-            model: self.model.unwrap_or_else(|| config.chat_model.clone()),
+            agent: self.agent,
+            system_prompt: self.system_prompt,
+            temperature: self.temperature,
+            max_tokens: asked.map(|n| n as u32),
+            model: self.model,
+            default_max_tokens: default_max_tokens as u32,
+            default_model: config.chat_model.clone(),
             max_history_tokens: config.max_history_tokens,
             turn_wait,
             turn_timeout: config.turn_timeout,
@@ -227,6 +255,8 @@ pub struct ChatQuery {
     pub model: Option<String>,
     #[param(value_type = Option<IfBusy>)]
     pub if_busy: Option<String>,
+    #[param(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    pub agent: Option<String>,
 }
 
 impl ChatQuery {
@@ -263,6 +293,7 @@ impl ChatQuery {
             system_prompt: self.system_prompt,
             model: self.model,
             if_busy: self.if_busy,
+            agent: self.agent,
         };
         if errors.is_empty() {
             Ok(input)
@@ -283,10 +314,11 @@ pub async fn create_chat(
     caller: Caller,
     AppJson(input): AppJson<ChatInput>,
 ) -> Result<Json<ChatResponse>, ApiError> {
-    let turn = input.validate(&state.config, "body")?;
+    let turn = input.validate(&state.config, &state.agents, "body")?;
     let outcome = agent::run_turn(
         state.llm.as_ref(),
         state.conversations.as_ref(),
+        &state.agents,
         &caller.owner,
         turn,
     )
@@ -296,6 +328,8 @@ pub async fn create_chat(
         conversation_id: outcome.conversation_id,
         tokens_used: outcome.tokens_used,
         timestamp: Utc::now(),
+        tool_calls: (!outcome.tool_calls.is_empty()).then_some(outcome.tool_calls),
+        steps: outcome.steps,
     }))
 }
 
@@ -304,7 +338,9 @@ mod tests {
     use super::*;
 
     fn check(input: ChatInput) -> Vec<String> {
-        match input.validate(&Config::for_tests(), "body") {
+        let config = Config::for_tests();
+        let agents = Agents::new(&config, Default::default());
+        match input.validate(&config, &agents, "body") {
             Ok(_) => vec![],
             Err(ApiError::Validation(f)) => f.iter().map(|f| f.loc[1].to_string()).collect(),
             Err(e) => panic!("{e:?}"),
@@ -360,11 +396,23 @@ mod tests {
             };
             assert_eq!(check(i).is_empty(), ok, "{v}");
         }
+        let unknown = ChatInput {
+            agent: Some("nobody".into()),
+            ..msg("hi")
+        };
+        assert_eq!(check(unknown), vec!["\"agent\""]);
+        let named = ChatInput {
+            agent: Some("default".into()),
+            ..msg("hi")
+        };
+        assert!(check(named).is_empty());
         let reject = ChatInput {
             if_busy: Some("reject".into()),
             ..msg("hi")
         };
-        let turn = reject.validate(&Config::for_tests(), "body").unwrap();
+        let config = Config::for_tests();
+        let agents = Agents::new(&config, Default::default());
+        let turn = reject.validate(&config, &agents, "body").unwrap();
         assert!(turn.turn_wait.is_zero());
     }
 

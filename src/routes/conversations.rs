@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::agent::{DEFAULT_AGENT, ToolCallView};
 use crate::error::ApiError;
 use crate::extract::AppQuery;
 use crate::llm::Message;
@@ -16,8 +17,36 @@ use crate::state::AppState;
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConversationResponse {
     pub conversation_id: String,
-    pub messages: Vec<Message>,
+    /// The agent it belongs to (the agent of its first turn).
+    pub agent: String,
+    pub messages: Vec<MessageView>,
     pub message_count: usize,
+}
+
+/// A stored message as clients see it: `{role, content}`, an assistant's `tool_calls` as
+/// `[{id, name, arguments}]` (arguments parsed, or the model's text), a tool result's
+/// `tool_call_id`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MessageView {
+    pub role: String,
+    pub content: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallView>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl From<Message> for MessageView {
+    fn from(m: Message) -> Self {
+        Self {
+            tool_calls: m
+                .tool_calls
+                .map(|calls| calls.iter().map(ToolCallView::call).collect()),
+            role: m.role,
+            content: m.content,
+            tool_call_id: m.tool_call_id,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -75,8 +104,9 @@ pub async fn get_conversation(
         })?;
     Ok(Json(ConversationResponse {
         conversation_id: conv.id,
+        agent: conv.agent.unwrap_or_else(|| DEFAULT_AGENT.to_owned()),
         message_count: conv.messages.len(),
-        messages: conv.messages,
+        messages: conv.messages.into_iter().map(MessageView::from).collect(),
     }))
 }
 

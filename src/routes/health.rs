@@ -58,6 +58,9 @@ pub struct Ready {
     pub store: &'static str,
     /// `ok` or `unavailable`.
     pub provider: &'static str,
+    /// Each MCP server of the agents file: `ok` (connected) or `unavailable`; absent without any.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub mcp: std::collections::BTreeMap<String, &'static str>,
 }
 
 /// How long a `/ready` result (success or failure) is kept: probes at any rate cost the store
@@ -72,7 +75,7 @@ pub struct ReadyCache(tokio::sync::Mutex<Option<(Instant, Ready)>>);
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses((status = 200, description = "Store and provider answer (cached for a few seconds)", body = Ready),
         (status = 429, description = "Rate limited like any request", body = DetailError),
-        (status = 503, description = "Store or provider unavailable", body = Ready)))]
+        (status = 503, description = "Store, provider or an MCP server unavailable", body = Ready)))]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Ready>) {
     let mut cached = state.ready.0.lock().await;
     let report = match &*cached {
@@ -89,8 +92,16 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Ready>) {
                 tracing::warn!(error = %e, "readiness: the provider does not answer");
             }
             let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+            let mcp: std::collections::BTreeMap<String, &'static str> = state
+                .agents
+                .toolbox
+                .mcp_servers()
+                .map(|s| (s.name().to_owned(), word(s.connected())))
+                .collect();
+            let mcp_ok = mcp.values().all(|w| *w == "ok");
             let report = Ready {
-                status: if store_ok && llm_ok {
+                mcp,
+                status: if store_ok && llm_ok && mcp_ok {
                     "ready"
                 } else {
                     "not_ready"

@@ -3,6 +3,7 @@
 //! [`ROUTES`] is the list of what is mounted: `router()` mounts exactly these paths, so tests
 //! (auth, OpenAPI) that walk the list cannot miss a route.
 
+pub mod agents;
 pub mod chat;
 pub mod conversations;
 pub mod health;
@@ -45,6 +46,8 @@ pub const ROUTES: &[Route] = &[
     route("/tasks", &["GET"]),
     route("/task/{task_id}", &["GET", "DELETE"]),
     route("/ws/{client_id}", &["GET"]),
+    route("/agents", &["GET"]),
+    route("/agents/{name}", &["GET"]),
     route("/v1/chat/completions", &["POST"]),
     route("/v1/models", &["GET"]),
     route("/metrics", &["GET"]),
@@ -70,6 +73,8 @@ fn handlers(path: &str) -> MethodRouter<AppState> {
         "/tasks" => get(tasks::list_tasks),
         "/task/{task_id}" => get(tasks::get_task).delete(tasks::cancel_task),
         "/ws/{client_id}" => get(ws::connect),
+        "/agents" => get(agents::list_agents),
+        "/agents/{name}" => get(agents::get_agent),
         "/v1/chat/completions" => post(openai::chat_completions),
         "/v1/models" => get(openai::list_models),
         "/metrics" => get(health::metrics),

@@ -29,7 +29,7 @@ use crate::routes::chat::{ChatInput, ChatQuery};
 use crate::state::AppState;
 
 #[utoipa::path(post, path = "/chat/stream", tag = "chat", request_body = ChatInput,
-    responses((status = 200, description = "Server-Sent Events: `data: {\"content\"}` frames, then `data: {\"done\": true, \"conversation_id\", \"tokens_used\"}`; an error after the first byte (the upstream failing, TURN_TIMEOUT_SECS, the conversation deleted meanwhile) is `event: error` with `{\"detail\"}`; at shutdown `{\"detail\": \"server shutting down\", \"retryable\": true}`", content_type = "text/event-stream", body = SseEvent),
+    responses((status = 200, description = "Server-Sent Events: `data: {\"content\"}` frames, then `data: {\"done\": true, \"conversation_id\", \"tokens_used\"}` (with `\"steps\"` in an agent's turn); an agent's tool calls as `event: tool_call` (`{id, name, arguments}`) and `event: tool_result` (`{id, name, result | error, duration_ms}`); an error after the first byte (the upstream failing, TURN_TIMEOUT_SECS, the conversation deleted meanwhile) is `event: error` with `{\"detail\"}`; at shutdown `{\"detail\": \"server shutting down\", \"retryable\": true}`", content_type = "text/event-stream", body = SseEvent),
         (status = 409, description = "The conversation is busy with another turn: at once with `if_busy: reject`, else after TURN_WAIT_SECS (Retry-After set)", body = DetailError),
         ModelCallErrors), security(("api_key" = []), ("bearer" = [])))]
 pub async fn stream_chat(
@@ -37,7 +37,7 @@ pub async fn stream_chat(
     caller: Caller,
     AppJson(input): AppJson<ChatInput>,
 ) -> Result<Response, ApiError> {
-    let turn = input.validate(&state.config, "body")?;
+    let turn = input.validate(&state.config, &state.agents, "body")?;
     start(state, caller, turn).await
 }
 
@@ -50,7 +50,9 @@ pub async fn stream_chat_get(
     caller: Caller,
     AppQuery(query): AppQuery<ChatQuery>,
 ) -> Result<Response, ApiError> {
-    let turn = query.into_input()?.validate(&state.config, "query")?;
+    let turn = query
+        .into_input()?
+        .validate(&state.config, &state.agents, "query")?;
     start(state, caller, turn).await
 }
 
@@ -60,6 +62,7 @@ async fn start(state: AppState, caller: Caller, turn: ChatTurn) -> Result<Respon
         &state.llm,
         state.conversations.as_ref(),
         &state.runner,
+        &state.agents,
         &caller.owner,
         turn,
     )
@@ -138,17 +141,36 @@ pub fn sse_events(
 pub fn frame(event: TurnEvent) -> Event {
     match event {
         TurnEvent::Delta(text) => Event::default().data(json!({ "content": text }).to_string()),
-        TurnEvent::Done {
-            conversation_id,
-            tokens_used,
-        } => Event::default().data(
-            json!({"done": true, "conversation_id": conversation_id, "tokens_used": tokens_used})
-                .to_string(),
-        ),
+        TurnEvent::ToolCall(call) => Event::default()
+            .event("tool_call")
+            .data(json!(call).to_string()),
+        TurnEvent::ToolResult(result) => Event::default()
+            .event("tool_result")
+            .data(json!(result).to_string()),
+        done @ TurnEvent::Done { .. } => Event::default().data(done_json(done).to_string()),
         TurnEvent::Failed(e) => Event::default()
             .event("error")
             .data(ApiError::from(e).detail_body().to_string()),
     }
+}
+
+/// The done frame (SSE and WebSocket alike): `steps` only for an agent's loop, so that the
+/// tutorial's frame is unchanged.
+pub fn done_json(event: TurnEvent) -> serde_json::Value {
+    let TurnEvent::Done {
+        conversation_id,
+        tokens_used,
+        steps,
+    } = event
+    else {
+        return json!({});
+    };
+    let mut v =
+        json!({"done": true, "conversation_id": conversation_id, "tokens_used": tokens_used});
+    if let Some(steps) = steps {
+        v["steps"] = json!(steps);
+    }
+    v
 }
 
 #[cfg(test)]

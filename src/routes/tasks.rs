@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::runner::NewTask;
+use crate::agent::{Agents, ToolCallView};
 use crate::config::Config;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{AppJson, AppQuery};
@@ -29,6 +30,10 @@ pub struct CreateTaskRequest {
     #[serde(default)]
     #[schema(min_length = 1, max_length = 256)]
     pub model: Option<String>,
+    /// One of `GET /agents` (default `default`): its instructions, model and tools run the task.
+    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    pub agent: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -38,6 +43,13 @@ pub struct TaskResponse {
     pub result: Option<String>,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// The agent it ran as, when it named one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// The tools its run called, each with its `result` or `error`; absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<ToolCallView>>)]
+    pub tool_calls: Option<serde_json::Value>,
 }
 
 impl From<Task> for TaskResponse {
@@ -48,6 +60,8 @@ impl From<Task> for TaskResponse {
             result: t.result,
             created_at: t.created_at,
             completed_at: t.completed_at,
+            agent: t.agent,
+            tool_calls: t.tool_calls.and_then(|c| serde_json::from_str(&c).ok()),
         }
     }
 }
@@ -59,7 +73,12 @@ pub struct TaskList {
 }
 
 impl CreateTaskRequest {
-    fn validate(self, config: &Config, owner: String) -> Result<NewTask, ApiError> {
+    fn validate(
+        self,
+        config: &Config,
+        agents: &Agents,
+        owner: String,
+    ) -> Result<NewTask, ApiError> {
         let mut errors = Vec::new();
         if self.prompt.trim().is_empty() {
             errors.push(FieldError::body(
@@ -83,6 +102,26 @@ impl CreateTaskRequest {
         {
             errors.push(e);
         }
+        if let Some(name) = &self.agent {
+            match agents.get(name) {
+                None => errors.push(FieldError::body(
+                    "agent",
+                    "Input should be the name of one of this server's agents (GET /agents)",
+                    "enum",
+                )),
+                Some(agent) => {
+                    if let (Some(own), Some(named)) = (&agent.model, &self.model)
+                        && own != named
+                    {
+                        errors.push(FieldError::body(
+                            "model",
+                            "The agent uses a model of its own",
+                            "value_error",
+                        ));
+                    }
+                }
+            }
+        }
         if !errors.is_empty() {
             return Err(ApiError::Validation(errors));
         }
@@ -91,6 +130,7 @@ impl CreateTaskRequest {
             prompt: self.prompt,
             task_type,
             model: self.model.unwrap_or_else(|| config.task_model.clone()),
+            agent: self.agent,
         })
     }
 }
@@ -102,7 +142,7 @@ pub async fn create_task(
     caller: Caller,
     AppJson(body): AppJson<CreateTaskRequest>,
 ) -> Result<(StatusCode, Json<TaskResponse>), ApiError> {
-    let new = body.validate(&state.config, caller.owner)?;
+    let new = body.validate(&state.config, &state.agents, caller.owner)?;
     let task = state.runner.submit(new).await?;
     Ok((StatusCode::ACCEPTED, Json(task.into())))
 }

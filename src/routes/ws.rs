@@ -301,7 +301,7 @@ impl Session {
         if input.conversation_id.is_none() {
             input.conversation_id = conversation.clone();
         }
-        let turn = match input.validate(&self.state.config, "body") {
+        let turn = match input.validate(&self.state.config, &self.state.agents, "body") {
             Ok(t) => t,
             Err(e) => return Some(json!({"error": e.message()})),
         };
@@ -330,6 +330,7 @@ impl Session {
                     &state.llm,
                     state.conversations.as_ref(),
                     &state.runner,
+                    &state.agents,
                     &owner,
                     turn,
                 )
@@ -377,10 +378,9 @@ impl FrameWindow {
 fn event_json(event: TurnEvent) -> Value {
     match event {
         TurnEvent::Delta(content) => json!({ "content": content }),
-        TurnEvent::Done {
-            conversation_id,
-            tokens_used,
-        } => json!({"done": true, "conversation_id": conversation_id, "tokens_used": tokens_used}),
+        TurnEvent::ToolCall(call) => json!({ "tool_call": call }),
+        TurnEvent::ToolResult(result) => json!({ "tool_result": result }),
+        done @ TurnEvent::Done { .. } => crate::routes::stream::done_json(done),
         TurnEvent::Failed(e) => json!({"error": ApiError::from(e).message()}),
     }
 }

@@ -116,6 +116,8 @@ impl StoreError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conversation {
     pub id: String,
+    /// The agent of its first turn (`None`: made before agents existed, the default agent).
+    pub agent: Option<String>,
     pub messages: Vec<Message>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -137,8 +139,22 @@ pub struct ConversationSummary {
 pub trait TurnLease: Send + Sync {
     /// The messages so far (empty for a new conversation).
     fn history(&self) -> &[Message];
-    /// Appends the turn's messages and ends the lease.
-    async fn commit(self: Box<Self>, new_messages: Vec<Message>) -> Result<(), StoreError>;
+    /// The conversation's agent, as its first turn recorded it (`None` for a new one, or one
+    /// made before agents existed).
+    fn agent(&self) -> Option<&str> {
+        None
+    }
+    /// Appends the turn's messages and ends the lease; a new conversation records `agent` as
+    /// its own (an existing one keeps the one it has).
+    async fn commit_as(
+        self: Box<Self>,
+        new_messages: Vec<Message>,
+        agent: Option<&str>,
+    ) -> Result<(), StoreError>;
+    /// [`TurnLease::commit_as`] without an agent.
+    async fn commit(self: Box<Self>, new_messages: Vec<Message>) -> Result<(), StoreError> {
+        self.commit_as(new_messages, None).await
+    }
 }
 
 #[async_trait]
@@ -210,6 +226,13 @@ pub struct Task {
     pub result: Option<String>,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// The agent it runs as (`None`: the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// The tool calls of its run, as the JSON text of `[{id, name, arguments, result|error}]`
+    /// (text, so that the Redis scripts' cjson never re-encodes it: it would turn `[]` into `{}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<String>,
 }
 
 #[async_trait]
@@ -228,6 +251,17 @@ pub trait TaskStore: Send + Sync + 'static {
         from: &[TaskStatus],
         to: TaskStatus,
         result: Option<String>,
+    ) -> Result<Option<Task>, StoreError> {
+        self.transition_with_calls(id, from, to, result, None).await
+    }
+    /// [`TaskStore::transition`] that also records the run's tool calls (JSON text).
+    async fn transition_with_calls(
+        &self,
+        id: &str,
+        from: &[TaskStatus],
+        to: TaskStatus,
+        result: Option<String>,
+        tool_calls: Option<String>,
     ) -> Result<Option<Task>, StoreError>;
     /// Drops finished tasks older than the TTL; called periodically.
     async fn sweep(&self) {}

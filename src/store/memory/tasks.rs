@@ -26,6 +26,8 @@ fn bytes_of(t: &Task) -> usize {
         + t.model.len()
         + t.owner.len()
         + t.result.as_ref().map_or(0, String::len)
+        + t.tool_calls.as_ref().map_or(0, String::len)
+        + t.agent.as_ref().map_or(0, String::len)
 }
 
 pub struct MemoryTaskStore {
@@ -152,12 +154,13 @@ impl TaskStore for MemoryTaskStore {
         Ok(out)
     }
 
-    async fn transition(
+    async fn transition_with_calls(
         &self,
         id: &str,
         from: &[TaskStatus],
         to: TaskStatus,
         result: Option<String>,
+        tool_calls: Option<String>,
     ) -> Result<Option<Task>, StoreError> {
         let Some(mut task) = self.map.get_mut(id) else {
             return Ok(None);
@@ -169,6 +172,9 @@ impl TaskStore for MemoryTaskStore {
         task.status = to;
         if result.is_some() {
             task.result = result;
+        }
+        if tool_calls.is_some() {
+            task.tool_calls = tool_calls;
         }
         if to.is_final() {
             task.completed_at = Some(Utc::now());
@@ -198,6 +204,8 @@ mod tests {
             result: None,
             created_at: Utc::now(),
             completed_at: None,
+            agent: None,
+            tool_calls: None,
         }
     }
 

@@ -99,6 +99,7 @@ struct RedisTurn {
     owner: String,
     token: String,
     history: Vec<Message>,
+    agent: Option<String>,
     settings: RedisSettings,
     renewer: Option<JoinHandle<()>>,
     committed: bool,
@@ -131,7 +132,15 @@ impl TurnLease for RedisTurn {
         &self.history
     }
 
-    async fn commit(mut self: Box<Self>, new_messages: Vec<Message>) -> Result<(), StoreError> {
+    fn agent(&self) -> Option<&str> {
+        self.agent.as_deref()
+    }
+
+    async fn commit_as(
+        mut self: Box<Self>,
+        new_messages: Vec<Message>,
+        agent: Option<&str>,
+    ) -> Result<(), StoreError> {
         let r = &self.redis;
         let now = ms(Utc::now()).to_string();
         let meta = r.key(&["conv", &self.owner, &self.id]);
@@ -148,7 +157,8 @@ impl TurnLease for RedisTurn {
             .arg(self.settings.limits.conversation_ttl.as_millis() as u64)
             .arg(self.settings.limits.max_messages)
             .arg(&self.id)
-            .arg(if self.existed { "1" } else { "0" });
+            .arg(if self.existed { "1" } else { "0" })
+            .arg(agent.unwrap_or_default());
         for m in &new_messages {
             script.arg(serde_json::to_string(m).unwrap_or_default());
         }
@@ -230,19 +240,22 @@ impl ConversationStore for RedisConversationStore {
             owner: owner.to_owned(),
             token,
             history: Vec::new(),
+            agent: None,
             settings: self.settings.clone(),
             renewer: Some(renewer),
             committed: false,
             existed: false,
         };
         // Read under the lease: this is the history no other turn can change now.
-        let (exists, raw): (bool, Vec<String>) = redis::pipe()
+        let (exists, agent, raw): (bool, Option<String>, Vec<String>) = redis::pipe()
             .exists(&meta)
+            .hget(&meta, "agent")
             .lrange(&msgs, 0, -1)
             .query_async(&mut c)
             .await
             .map_err(unavailable)?;
         turn.existed = exists;
+        turn.agent = agent.filter(|a| !a.is_empty());
         if !exists {
             // A new conversation: refuse it now, before the model is called, if no room could
             // be made at its commit.
@@ -280,6 +293,7 @@ impl ConversationStore for RedisConversationStore {
         let num = |k: &str| meta.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
         Ok(Some(Conversation {
             id: id.to_owned(),
+            agent: meta.get("agent").filter(|a| !a.is_empty()).cloned(),
             messages: raw
                 .iter()
                 .filter_map(|m| serde_json::from_str(m).ok())

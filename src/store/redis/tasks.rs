@@ -103,12 +103,13 @@ impl TaskStore for RedisTaskStore {
         Ok(out)
     }
 
-    async fn transition(
+    async fn transition_with_calls(
         &self,
         id: &str,
         from: &[TaskStatus],
         to: TaskStatus,
         result: Option<String>,
+        tool_calls: Option<String>,
     ) -> Result<Option<Task>, StoreError> {
         let r = &self.redis;
         let mut c = r.conn.clone();
@@ -127,7 +128,8 @@ impl TaskStore for RedisTaskStore {
             .arg(if result.is_some() { "1" } else { "0" })
             .arg(result.unwrap_or_default())
             .arg(completed)
-            .arg(self.limits.task_ttl.as_millis() as u64);
+            .arg(self.limits.task_ttl.as_millis() as u64)
+            .arg(tool_calls.unwrap_or_default());
         for s in from {
             script.arg(s.as_str());
         }

@@ -95,6 +95,7 @@ struct Slot {
 
 struct Data {
     messages: Vec<Message>,
+    agent: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     last_used: Instant,
@@ -132,7 +133,7 @@ fn bytes_of(messages: &[Message]) -> usize {
     SLOT_BYTES
         + messages
             .iter()
-            .map(|m| MESSAGE_BYTES + m.role.len() + m.content.len())
+            .map(|m| MESSAGE_BYTES + m.role.len() + m.content.len() + m.tool_bytes())
             .sum::<usize>()
 }
 
@@ -215,6 +216,7 @@ impl Inner {
             turn,
             data: Mutex::new(Data {
                 messages: Vec::new(),
+                agent: None,
                 created_at: now,
                 updated_at: now,
                 last_used: Instant::now(),
@@ -283,6 +285,7 @@ struct MemoryTurn {
     /// Released when the turn ends, after a failed new conversation was taken out of the map.
     guard: Option<TurnGuard>,
     history: Vec<Message>,
+    agent: Option<String>,
 }
 
 impl Drop for MemoryTurn {
@@ -305,7 +308,15 @@ impl TurnLease for MemoryTurn {
         &self.history
     }
 
-    async fn commit(self: Box<Self>, new_messages: Vec<Message>) -> Result<(), StoreError> {
+    fn agent(&self) -> Option<&str> {
+        self.agent.as_deref()
+    }
+
+    async fn commit_as(
+        self: Box<Self>,
+        new_messages: Vec<Message>,
+        agent: Option<&str>,
+    ) -> Result<(), StoreError> {
         let store = &self.store;
         let slot = &self.slot;
         let owner = &slot.owner;
@@ -324,6 +335,9 @@ impl TurnLease for MemoryTurn {
                 return Err(StoreError::deleted());
             }
             data.messages.extend(new_messages);
+            if first {
+                data.agent = agent.map(str::to_owned);
+            }
             trim(&mut data.messages, store.max_messages);
             let bytes = bytes_of(&data.messages);
             let before = std::mem::replace(&mut data.bytes, bytes);
@@ -357,6 +371,8 @@ impl TurnLease for MemoryTurn {
 }
 
 /// Drops the oldest turns (in pairs, keeping a leading system message) until `max` remain.
+/// The cut moves on to the next user message (a turn's start), so that a tool call is never
+/// separated from its result.
 pub fn trim(messages: &mut Vec<Message>, max: usize) {
     if messages.len() <= max {
         return;
@@ -364,7 +380,17 @@ pub fn trim(messages: &mut Vec<Message>, max: usize) {
     let keep_first = usize::from(messages.first().is_some_and(|m| m.role == "system"));
     let mut excess = messages.len() - max;
     excess += excess % 2;
-    let end = (keep_first + excess).min(messages.len());
+    let mut end = (keep_first + excess).min(messages.len());
+    if let Some(next) = messages[end..].iter().position(|m| m.role == "user") {
+        end += next;
+    } else {
+        // No turn starts after the cut: keep the last one whole (more than `max`, rather than
+        // a call without its result).
+        end = messages[keep_first..end]
+            .iter()
+            .rposition(|m| m.role == "user")
+            .map_or(keep_first, |i| keep_first + i);
+    }
     messages.drain(keep_first..end);
 }
 
@@ -414,16 +440,17 @@ impl ConversationStore for MemoryConversationStore {
                 break (slot, guard);
             }
         };
-        let history = {
+        let (history, agent) = {
             let mut data = slot.data();
             data.last_used = Instant::now();
-            data.messages.clone()
+            (data.messages.clone(), data.agent.clone())
         };
         Ok(Some(Box::new(MemoryTurn {
             store: Arc::clone(&self.inner),
             slot,
             guard: Some(guard),
             history,
+            agent,
         })))
     }
 
@@ -435,6 +462,7 @@ impl ConversationStore for MemoryConversationStore {
         let data = slot.data();
         Ok(data.committed.then(|| Conversation {
             id: id.to_owned(),
+            agent: data.agent.clone(),
             messages: data.messages.clone(),
             created_at: data.created_at,
             updated_at: data.updated_at,

@@ -44,6 +44,35 @@ fn trim_keeps_system_and_pairs() {
     assert_eq!(m[1].content, "2");
 }
 
+#[test]
+fn trim_never_separates_a_tool_call_from_its_result() {
+    use crate::llm::ToolCall;
+    let call = || Message::assistant_calls("", vec![ToolCall::function("c", "f", "{}")]);
+    let mut m = vec![
+        Message::new("system", "s"),
+        Message::new("user", "1"),
+        call(),
+        Message::tool_result("c", "r"),
+        Message::new("assistant", "a1"),
+        Message::new("user", "2"),
+        Message::new("assistant", "a2"),
+    ];
+    // Cutting two would leave a tool result without its call: the whole first turn goes.
+    trim(&mut m, 5);
+    let roles: Vec<&str> = m.iter().map(|m| m.role.as_str()).collect();
+    assert_eq!(roles, ["system", "user", "assistant"]);
+    // A last turn longer than the bound stays whole.
+    let mut m = vec![
+        Message::new("system", "s"),
+        Message::new("user", "1"),
+        call(),
+        Message::tool_result("c", "r"),
+        Message::new("assistant", "a1"),
+    ];
+    trim(&mut m, 3);
+    assert_eq!(m.len(), 5);
+}
+
 #[tokio::test]
 async fn a_failed_first_turn_leaves_nothing_and_ids_are_per_key() {
     let s = store(10, 10);
