@@ -606,6 +606,41 @@ async fn cancellations_reach_every_listener(s: Stores) {
     assert_eq!(id.as_deref(), Some("t9"));
 }
 
+async fn a_conversation_keeps_its_first_agent_and_whole_tool_turns(s: Stores) {
+    use agent_api::llm::ToolCall;
+    let c = &s.conversations;
+    let t = c.begin_turn("k", "agentic", WAIT).await.unwrap().unwrap();
+    assert_eq!(t.agent(), None);
+    let call = Message::assistant_calls("", vec![ToolCall::function("c1", "f", r#"{"a":[]}"#)]);
+    let mut first = vec![Message::new("system", "sys"), Message::new("user", "u1")];
+    first.extend([
+        call.clone(),
+        Message::tool_result("c1", "r1"),
+        Message::new("assistant", "a1"),
+    ]);
+    t.commit_as(first, Some("support")).await.unwrap();
+    // A later turn sees it; naming another agent at its commit changes nothing.
+    let t = c.begin_turn("k", "agentic", WAIT).await.unwrap().unwrap();
+    assert_eq!(t.agent(), Some("support"));
+    assert_eq!(
+        t.history()[2],
+        call,
+        "tool calls stored exactly as the model saw them"
+    );
+    t.commit_as(turn("u2"), Some("other")).await.unwrap();
+    let conv = c.get("k", "agentic").await.unwrap().unwrap();
+    assert_eq!(conv.agent.as_deref(), Some("support"));
+    assert_eq!(conv.messages[3], Message::tool_result("c1", "r1"));
+    // Trimming to max_messages (7 here) never leaves a tool result without its call: the whole
+    // first turn goes.
+    let t = c.begin_turn("k", "agentic", WAIT).await.unwrap().unwrap();
+    t.commit(turn("u3")).await.unwrap();
+    let conv = c.get("k", "agentic").await.unwrap().unwrap();
+    let roles: Vec<&str> = conv.messages.iter().map(|m| m.role.as_str()).collect();
+    assert_eq!(roles, ["system", "user", "assistant", "user", "assistant"]);
+    assert_eq!(conv.messages[1].content, "u2");
+}
+
 macro_rules! contract {
     ($($name:ident: $limits:expr),* $(,)?) => {
         mod memory_store {
@@ -641,4 +676,6 @@ contract!(
     the_queue_leases_entries_and_takes_over_only_lapsed_ones: limits(),
     a_reader_waiting_on_an_empty_queue_gets_the_next_push: limits(),
     cancellations_reach_every_listener: limits(),
+    a_conversation_keeps_its_first_agent_and_whole_tool_turns:
+        StoreLimits { max_messages: 7, ..limits() },
 );

@@ -45,6 +45,12 @@ pub struct Behaviour {
     pub error: Option<(String, String)>,
     /// `GET /v1/models` answers this status (the `/ready` probe).
     pub models_status: u16,
+    /// When the request offers tools (and `tool_choice` is not `"none"`): answer with these
+    /// calls (name, arguments text) while the request holds fewer than `tool_rounds` assistant
+    /// messages with tool calls; then answer `content`. Streamed, each call's arguments come
+    /// in three fragments, the calls' fragments interleaved.
+    pub tool_calls: Vec<(String, String)>,
+    pub tool_rounds: usize,
 }
 
 impl Default for Behaviour {
@@ -65,6 +71,8 @@ impl Default for Behaviour {
             bad_chunk: None,
             error: None,
             models_status: 200,
+            tool_calls: Vec::new(),
+            tool_rounds: 1,
         }
     }
 }
@@ -232,6 +240,17 @@ async fn completions(
     let model = req["model"].as_str().unwrap_or("unknown").to_owned();
     let usage =
         json!({"prompt_tokens": USAGE.0, "completion_tokens": USAGE.1, "total_tokens": USAGE.2});
+    let rounds = req["messages"].as_array().map_or(0, |m| {
+        m.iter().filter(|m| m["tool_calls"].is_array()).count()
+    });
+    let offered = req["tools"].as_array().is_some_and(|t| !t.is_empty());
+    let calling = offered
+        && req["tool_choice"] != json!("none")
+        && !b.tool_calls.is_empty()
+        && rounds < b.tool_rounds;
+    if calling {
+        return tool_answer(&req, &b, &model, usage, rounds);
+    }
     if req["stream"] != json!(true) {
         tokio::time::sleep(b.unary_delay).await;
         let mut completion = json!({
@@ -319,5 +338,79 @@ async fn completions(
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+/// An answer that calls `b.tool_calls` (ids `call_<round>_<i>`), whole or streamed.
+fn tool_answer(req: &Value, b: &Behaviour, model: &str, usage: Value, round: usize) -> Response {
+    let ids: Vec<String> = (0..b.tool_calls.len())
+        .map(|i| format!("call_{round}_{i}"))
+        .collect();
+    if req["stream"] != json!(true) {
+        let calls: Vec<Value> = b.tool_calls.iter().zip(&ids).map(|((name, args), id)| {
+            json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}})
+        }).collect();
+        return Json(json!({
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": 1_700_000_000,
+            "model": model, "system_fingerprint": null,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+                "tool_calls": calls, "refusal": null}, "logprobs": null, "finish_reason": "tool_calls"}],
+            "usage": usage,
+        }))
+        .into_response();
+    }
+    let mut events = vec![chunk(
+        model,
+        json!({"role": "assistant", "content": null}),
+        None,
+    )];
+    for (i, ((name, _), id)) in b.tool_calls.iter().zip(&ids).enumerate() {
+        events.push(chunk(
+            model,
+            json!({"tool_calls": [{"index": i, "id": id, "type": "function",
+            "function": {"name": name, "arguments": ""}}]}),
+            None,
+        ));
+    }
+    // Three fragments per call, interleaved: call 0's first, call 1's first, ...
+    let thirds: Vec<Vec<String>> = b
+        .tool_calls
+        .iter()
+        .map(|(_, args)| {
+            let chars: Vec<char> = args.chars().collect();
+            let n = chars.len().div_ceil(3).max(1);
+            chars.chunks(n).map(|c| c.iter().collect()).collect()
+        })
+        .collect();
+    for piece in 0..3 {
+        for (i, parts) in thirds.iter().enumerate() {
+            if let Some(p) = parts.get(piece) {
+                events.push(chunk(
+                    model,
+                    json!({"tool_calls": [{"index": i, "function": {"arguments": p}}]}),
+                    None,
+                ));
+            }
+        }
+    }
+    events.push(chunk(model, json!({}), Some("tool_calls")));
+    if req["stream_options"]["include_usage"] == json!(true) {
+        let mut u = chunk(model, json!({}), None);
+        u["choices"] = json!([]);
+        u["usage"] = usage;
+        events.push(u);
+    }
+    let mut body = String::new();
+    for e in events {
+        body.push_str(&format!("data: {e}\n\n"));
+    }
+    body.push_str("data: [DONE]\n\n");
+    let pieces: Vec<Result<Bytes, std::io::Error>> = body
+        .split_inclusive("\n\n")
+        .map(|p| Ok(Bytes::from(p.to_owned())))
+        .collect();
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from_stream(futures::stream::iter(pieces)))
         .unwrap()
 }
