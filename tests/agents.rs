@@ -213,6 +213,8 @@ async fn chat_runs_an_http_tool_and_feeds_the_result_back() {
     // temperature; the second call carries the assistant's call and the tool's result.
     let reqs = fake.requests();
     assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[1]["model"], reqs[0]["model"]);
+    assert_eq!(reqs[1]["temperature"], 0.2);
     assert_eq!(reqs[0]["tools"][0]["type"], "function");
     assert_eq!(reqs[0]["tools"][0]["function"]["name"], "lookup_order");
     assert_eq!(
@@ -338,8 +340,15 @@ async fn parallel_streamed_calls_with_interleaved_fragments_come_out_in_call_ord
     let done = data.last().unwrap();
     assert_eq!(done["done"], true);
     assert_eq!(done["steps"], 2);
-    // The results go back in call order whichever finished first.
+    // The results go back in call order whichever finished first; every step is sent with
+    // the turn's model and sampling fields.
     let reqs = fake.requests();
+    for r in &reqs {
+        assert_eq!(r["model"], "gpt-4o-mini");
+        assert_eq!(r["temperature"], 0.2);
+        assert_eq!(r["max_tokens"], 1000);
+        assert_eq!(r["stream"], true);
+    }
     assert_eq!(
         tool_messages(&reqs[1]),
         vec![

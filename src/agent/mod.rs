@@ -219,33 +219,37 @@ fn tokens(usage: Option<Usage>, turn: &PreparedTurn, answer: &str) -> u64 {
 }
 
 impl PreparedTurn {
-    /// The driver of this turn's loop (an agent with tools).
+    /// The messages of the first model call (the history and the turn's own), taken out of
+    /// the request for the loop, which owns them from here.
+    fn take_messages(&mut self) -> Vec<Message> {
+        match std::mem::take(&mut self.request.messages) {
+            crate::llm::Messages::Turn(m) => m,
+            crate::llm::Messages::Raw(_) => Vec::new(),
+        }
+    }
+
+    /// The driver of this turn's loop (an agent with tools): every step is sent with the
+    /// turn's model and sampling fields.
     fn drive<'a>(
-        &'a mut self,
+        &'a self,
         llm: &'a dyn LlmProvider,
         agents: &'a Agents,
         deadline: Instant,
         turn_timeout: Duration,
-    ) -> (driver::Drive<'a>, Vec<Message>) {
-        let request = std::mem::take(&mut self.request);
-        let messages = match request.messages {
-            crate::llm::Messages::Turn(m) => m,
-            crate::llm::Messages::Raw(_) => Vec::new(),
-        };
-        let drive = driver::Drive {
+    ) -> driver::Drive<'a> {
+        driver::Drive {
             llm,
             toolbox: &agents.toolbox,
             agent: &self.agent,
             tools: agents.tools_of(&self.agent),
             request: ChatRequest {
-                model: request.model,
+                model: self.request.model.clone(),
                 messages: Default::default(),
-                extra: request.extra,
+                extra: self.request.extra.clone(),
             },
             deadline,
             turn_timeout,
-        };
-        (drive, messages)
+        }
     }
 
     /// Commits a finished loop: the turn's own messages, then everything the loop added.
@@ -287,13 +291,13 @@ pub async fn run_turn(
     let mut prepared = prepare(store, agents, owner, turn).await?;
     tracing::Span::current().record("conversation_id", prepared.conversation_id.as_str());
     if prepared.agent.has_tools() {
-        let (drive, messages) = prepared.drive(llm, agents, deadline, limit);
+        let messages = prepared.take_messages();
+        let drive = prepared.drive(llm, agents, deadline, limit);
         let mut events = driver::NoEvents;
         let run = drive.run(messages, None, &mut events);
         let done = tokio::time::timeout_at(deadline, run)
             .await
             .map_err(|_| LlmError::Timeout(limit))??;
-        drop(drive);
         return prepared.commit_loop(done).await;
     }
     let call = llm.complete(std::mem::take(&mut prepared.request));
@@ -375,10 +379,10 @@ pub async fn stream_turn(
     let (tx, rx) = mpsc::channel(FRAMES_AHEAD);
     if prepared.agent.has_tools() {
         // The first step's request is sent here, so that its refusal is an HTTP error.
-        let (drive, messages) =
-            prepared.drive(llm.as_ref(), agents, limits.turn, limits.turn_timeout);
-        let request = drive.first_request(&messages);
-        drop(drive);
+        let messages = prepared.take_messages();
+        let request = prepared
+            .drive(llm.as_ref(), agents, limits.turn, limits.turn_timeout)
+            .first_request(&messages);
         let upstream = tokio::time::timeout_at(limits.turn, llm.stream(request))
             .await
             .map_err(|_| LlmError::Timeout(limits.turn_timeout))??;
@@ -510,7 +514,7 @@ impl driver::Events for Channel<'_> {
 /// The streamed turn's own task for an agent with tools: drives the loop, streaming every
 /// step's content and each tool call and result, and commits the whole turn at the end.
 async fn produce_loop(
-    mut prepared: PreparedTurn,
+    prepared: PreparedTurn,
     messages: Vec<Message>,
     first: ChunkStream,
     llm: &dyn LlmProvider,
@@ -519,7 +523,7 @@ async fn produce_loop(
     limits: Deadlines,
 ) {
     let outcome = {
-        let (drive, _) = prepared.drive(llm, agents, limits.turn, limits.turn_timeout);
+        let drive = prepared.drive(llm, agents, limits.turn, limits.turn_timeout);
         let mut channel = Channel { tx: &tx, limits };
         let run = drive.run(messages, Some(first), &mut channel);
         tokio::select! {
