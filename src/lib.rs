@@ -132,6 +132,11 @@ pub async fn serve(
     if tokio::time::timeout_at(stop_at, finished).await.is_err() {
         tracing::warn!("grace period over; stopping the streams and tasks still running");
     }
+    // The MCP servers before the runner (whose stop would only drop their supervisors): each
+    // child is closed and waited for, and killed with its process group if it lingers.
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let mcp = state.agents.toolbox.stop();
+    let _ = tokio::time::timeout(left.max(std::time::Duration::from_secs(1)), mcp).await;
     state.runner.stop();
     let ended = async {
         connections_closed().await;
@@ -140,11 +145,6 @@ pub async fn serve(
     if tokio::time::timeout_at(deadline, ended).await.is_err() {
         tracing::warn!("shutdown grace over; closing what is still open");
     }
-    // MCP children last (no turn uses them now): each ends with its transport, its process
-    // group killed if it lingers. At least a second, past the grace if need be.
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    let stop = state.agents.toolbox.stop();
-    let _ = tokio::time::timeout(left.max(std::time::Duration::from_secs(1)), stop).await;
     Ok(())
 }
 

@@ -30,8 +30,10 @@ pub const MAX_CALLS_PER_STEP: usize = 32;
 pub struct ToolCallView {
     pub id: String,
     pub name: String,
-    #[schema(value_type = Object)]
-    pub arguments: Value,
+    /// Absent on `tool_result` events and frames (the `tool_call` before it had them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub arguments: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -46,7 +48,7 @@ impl ToolCallView {
         Self {
             id: call.id.clone(),
             name: call.function.name.clone(),
-            arguments: arguments_view(&call.function.arguments),
+            arguments: Some(arguments_view(&call.function.arguments)),
             result: None,
             error: None,
             duration_ms: None,
@@ -262,6 +264,7 @@ impl Drive<'_> {
         let mut results = Vec::with_capacity(calls.len());
         while let Some((call, outcome)) = running.next().await {
             let mut view = ToolCallView::call(call).with_outcome(&outcome.result);
+            view.arguments = None;
             view.duration_ms = Some(outcome.duration.as_millis() as u64);
             if !events.send(TurnEvent::ToolResult(view)).await {
                 return Err(AgentError::Gone);

@@ -141,12 +141,13 @@ pub fn sse_events(
 pub fn frame(event: TurnEvent) -> Event {
     match event {
         TurnEvent::Delta(text) => Event::default().data(json!({ "content": text }).to_string()),
+        // Serialized from the struct, in its field order (id, name, ...).
         TurnEvent::ToolCall(call) => Event::default()
             .event("tool_call")
-            .data(json!(call).to_string()),
+            .data(serde_json::to_string(&call).unwrap_or_default()),
         TurnEvent::ToolResult(result) => Event::default()
             .event("tool_result")
-            .data(json!(result).to_string()),
+            .data(serde_json::to_string(&result).unwrap_or_default()),
         done @ TurnEvent::Done { .. } => Event::default().data(done_json(done).to_string()),
         TurnEvent::Failed(e) => Event::default()
             .event("error")
