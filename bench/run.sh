@@ -7,6 +7,9 @@
 #   bash bench/run.sh --clients        # only the upstream-client comparison: ours and hyper-util's,
 #                                      # scenarios 1 and 3 over HTTP and HTTPS (bench/tls-front), and
 #                                      # memory per stream at 10,000 held streams
+#   bash bench/run.sh --agent          # only the agent scenario: a turn with one HTTP tool call
+#                                      # (bench/agent-mock: upstream and tool), the server's own
+#                                      # time per step beyond the two model calls and the tool call
 #
 # It drives the team's shared harness (HARNESS, default ../shared/bench: a mock OpenAI upstream,
 # oha and sse-load), which measures agent-api against the direct upstream in the same run, and
@@ -25,11 +28,13 @@ ROUNDS="${ROUNDS:-5}"
 HOLD=""
 ONLY_OPEN_LOOP=""
 CLIENTS=""
+AGENT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --hold) HOLD="$2"; shift ;;
     --open-loop) ONLY_OPEN_LOOP=1 ;;
     --clients) CLIENTS=1 ;;
+    --agent) AGENT=1 ;;
     *) echo "bench: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -74,6 +79,79 @@ if [ -n "$CLIENTS" ]; then
     pkill -f "$front" 2>/dev/null || true
     echo
   done
+  exit 0
+fi
+
+if [ -n "$AGENT" ]; then
+  # One tool call per turn: model call 1 answers with lookup_order, the tool answers, model call
+  # 2 answers with text. Direct: the same three requests, each sent alone to the mock; the
+  # server's added time per step = (turn p50 - the three direct p50s) / 2 model calls. oha at
+  # one connection (latency), ROUNDS rounds of 10 s alternating order; then 64 connections.
+  amock_dir="$HOME/.cache/agent-api-bench/agent-mock"
+  cargo build --release --quiet --manifest-path "$root/bench/agent-mock/Cargo.toml" --target-dir "$amock_dir"
+  mp=18091
+  "$amock_dir/release/agent-mock" $mp > /dev/null &
+  amock=$!
+  work="$(mktemp -d)"
+  cat > "$work/agents.toml" <<TOML
+[agents.bench]
+tools = ["lookup_order"]
+[tools.lookup_order]
+description = "Look up an order by its id"
+url = "http://127.0.0.1:$mp/tool"
+parameters = { type = "object", properties = { order_id = { type = "string" } }, required = ["order_id"] }
+TOML
+  env $server_env AGENTS_FILE="$work/agents.toml" OPENAI_BASE_URL="http://127.0.0.1:$mp/v1" OPENAI_API_KEY=dummy "$bin" > /dev/null 2>&1 &
+  server=$!
+  trap 'kill $server $amock 2>/dev/null || true; rm -rf "$work"' EXIT
+  for _ in $(seq 50); do curl -sf "$target/health" >/dev/null && break; sleep 0.1; done
+  tools='[{"type":"function","function":{"name":"lookup_order","description":"Look up an order by its id","parameters":{"type":"object","properties":{"order_id":{"type":"string"}},"required":["order_id"]}}}]'
+  msgs='{"role":"system","content":"You are a helpful AI assistant."},{"role":"user","content":"where is order 42?"}'
+  step1="{\"model\":\"gpt-4o-mini\",\"messages\":[$msgs],\"temperature\":0.7,\"max_tokens\":1000,\"tools\":$tools}"
+  step2="{\"model\":\"gpt-4o-mini\",\"messages\":[$msgs,{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"lookup_order\",\"arguments\":\"{\\\"order_id\\\": \\\"42\\\"}\"}}]},{\"role\":\"tool\",\"content\":\"order 42: shipped\",\"tool_call_id\":\"call_1\"}],\"temperature\":0.7,\"max_tokens\":1000,\"tools\":$tools}"
+  plain="{\"model\":\"gpt-4o-mini\",\"messages\":[$msgs],\"temperature\":0.7,\"max_tokens\":1000}"
+  out="$(mktemp -d)"
+  o() { oha --no-tui --output-format json -z "$1" -c "$2" -m POST -H 'content-type: application/json' "${@:3}"; }
+  overhead() { curl -s "$target/metrics" | awk '/^agent_api_gateway_overhead_seconds_(sum|count)\{method="POST",route="\/chat"\}/ {print $2}' | paste -sd' '; }
+  agent() { o "$1" "$2" -d '{"message":"where is order 42?","agent":"bench"}' -H "X-API-Key: $KEY" "$target/chat"; }
+  chat() { o "$1" "$2" -d '{"message":"where is order 42?"}' -H "X-API-Key: $KEY" "$target/chat"; }
+  s1() { o "$1" "$2" -d "$step1" "http://127.0.0.1:$mp/v1/chat/completions"; }
+  s2() { o "$1" "$2" -d "$step2" "http://127.0.0.1:$mp/v1/chat/completions"; }
+  tool() { o "$1" "$2" -d '{"order_id":"42"}' "http://127.0.0.1:$mp/tool"; }
+  single() { o "$1" "$2" -d "$plain" "http://127.0.0.1:$mp/v1/chat/completions"; }
+  agent 2s 1 > /dev/null; chat 1s 1 > /dev/null
+  for r in $(seq "$ROUNDS"); do
+    order="agent chat s1 tool s2 single"; [ $((r % 2)) = 0 ] && order="single s2 tool s1 chat agent"
+    for k in $order; do
+      [ "$k" = agent ] && overhead > "$out/ov.before.$r"
+      "$k" 10s 1 > "$out/$k.$r.json"
+      [ "$k" = agent ] && overhead > "$out/ov.after.$r"
+    done
+  done
+  agent 10s 64 > "$out/agent.c64.json"; chat 10s 64 > "$out/chat.c64.json"
+  python3 - "$out" "$ROUNDS" <<'PY'
+import json, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+def p50(k, r): return json.load(open(f"{out}/{k}.{r}.json"))["latencyPercentiles"]["p50"] * 1e3
+def ok(k, r): return json.load(open(f"{out}/{k}.{r}.json"))["summary"]["successRate"]
+print("| round | agent turn p50 ms | direct: call 1 + tool + call 2 p50 ms | added per step ms | plain /chat p50 | direct call p50 | added ms | agent overhead metric, mean per turn ms |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+per_step, plain_added, metric = [], [], []
+for r in range(1, rounds + 1):
+    a, direct = p50("agent", r), p50("s1", r) + p50("tool", r) + p50("s2", r)
+    c, d = p50("chat", r), p50("single", r)
+    b = [float(x) for x in open(f"{out}/ov.before.{r}").read().split()]
+    e = [float(x) for x in open(f"{out}/ov.after.{r}").read().split()]
+    m = (e[0] - b[0]) / max(e[1] - b[1], 1) * 1e3
+    per_step.append((a - direct) / 2); plain_added.append(c - d); metric.append(m)
+    bad = [k for k in ("agent", "chat", "s1", "tool", "s2", "single") if ok(k, r) < 1]
+    print(f"| {r} | {a:.3f} | {direct:.3f} | {per_step[-1]:+.3f} | {c:.3f} | {d:.3f} | {plain_added[-1]:+.3f} | {m:.3f} |" + (f" errors: {bad}" if bad else ""))
+print(f"| median | | | {statistics.median(per_step):+.3f} | | | {statistics.median(plain_added):+.3f} | {statistics.median(metric):.3f} |")
+for k in ("agent", "chat"):
+    s = json.load(open(f"{out}/{k}.c64.json"))["summary"]
+    print(f"c64 {k}: {s['requestsPerSec']:.0f} rps, success {s['successRate']:.4f}")
+PY
+  rm -rf "$out"
   exit 0
 fi
 

@@ -137,7 +137,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             "gateway_overhead",
-            "The server's own time per request: total time until the response head minus the time spent waiting on the upstream",
+            "The server's own time per request: total time until the response head minus the time spent waiting on the upstream and on an agent's tool calls",
             Unit::Seconds,
             m.overhead.clone(),
         );
