@@ -264,15 +264,7 @@ async fn chat_runs_an_http_tool_and_feeds_the_result_back() {
         "five stored, one new"
     );
     // Metrics count the call.
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"agent_api_tool_calls_total{tool="lookup_order",outcome="ok"} 1"#),
         "{metrics}"
@@ -434,15 +426,7 @@ async fn tool_failures_are_fed_back_to_the_model_not_the_client() {
         .map(|c| c.0.clone())
         .collect();
     assert!(!paths.contains(&"/lookup".to_owned()), "{paths:?}");
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     for line in [
         r#"tool="failing",outcome="error""#,
         r#"tool="lookup_order",outcome="invalid_arguments""#,

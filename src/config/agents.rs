@@ -28,7 +28,8 @@ pub struct AgentDef {
     pub description: String,
     /// The system message; replaces a request's `system_prompt`.
     pub instructions: Option<String>,
-    /// `None`: `CHAT_MODEL`.
+    /// `None` in the file: `CHAT_MODEL` (the registry fills it in; only the built-in default
+    /// has none: the request's model, else `CHAT_MODEL`).
     pub model: Option<String>,
     pub temperature: Option<f64>,
     pub max_tokens: Option<u32>,
@@ -36,6 +37,12 @@ pub struct AgentDef {
     pub max_steps: u32,
     pub parallel_tool_calls: Option<bool>,
     pub tool_timeout: Duration,
+}
+
+impl AgentDef {
+    pub fn has_tools(&self) -> bool {
+        !self.tools.is_empty()
+    }
 }
 
 /// An agent's reference to a tool.

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::agent::Agent;
 use crate::error::ApiError;
 use crate::middleware::auth::Caller;
-use crate::openapi::DetailError;
+use crate::openapi::RecordErrors;
 use crate::state::AppState;
 use crate::tools::ToolSpec;
 
@@ -47,7 +47,7 @@ fn tools(state: &AppState, agent: &Agent) -> Vec<ToolSpec> {
 }
 
 #[utoipa::path(get, path = "/agents", tag = "agents",
-    responses((status = 200, body = AgentList), (status = 401, body = DetailError)),
+    responses((status = 200, body = AgentList), RecordErrors),
     security(("api_key" = []), ("bearer" = [])))]
 pub async fn list_agents(State(state): State<AppState>, _caller: Caller) -> Json<AgentList> {
     let agents = state
@@ -64,8 +64,7 @@ pub async fn list_agents(State(state): State<AppState>, _caller: Caller) -> Json
 }
 
 #[utoipa::path(get, path = "/agents/{name}", tag = "agents", params(("name" = String, Path)),
-    responses((status = 200, body = AgentDetail), (status = 401, body = DetailError),
-        (status = 404, description = "No such agent", body = DetailError)),
+    responses((status = 200, body = AgentDetail), RecordErrors),
     security(("api_key" = []), ("bearer" = [])))]
 pub async fn get_agent(
     State(state): State<AppState>,

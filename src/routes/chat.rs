@@ -307,7 +307,7 @@ impl ChatQuery {
 #[utoipa::path(post, path = "/chat", tag = "chat", request_body = ChatInput,
     responses((status = 200, body = ChatResponse),
         (status = 404, description = "The conversation was deleted while this turn ran; the reply was not saved", body = DetailError),
-        (status = 409, description = "The conversation is busy with another turn: at once with `if_busy: reject`, else after TURN_WAIT_SECS (Retry-After set)", body = DetailError),
+        (status = 409, description = "The conversation is busy with another turn: at once with `if_busy: reject`, else after TURN_WAIT_SECS (Retry-After set); or it belongs to another agent than the one named (no Retry-After)", body = DetailError),
         ModelCallErrors), security(("api_key" = []), ("bearer" = [])))]
 pub async fn create_chat(
     State(state): State<AppState>,

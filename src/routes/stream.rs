@@ -30,7 +30,7 @@ use crate::state::AppState;
 
 #[utoipa::path(post, path = "/chat/stream", tag = "chat", request_body = ChatInput,
     responses((status = 200, description = "Server-Sent Events: `data: {\"content\"}` frames, then `data: {\"done\": true, \"conversation_id\", \"tokens_used\"}` (with `\"steps\"` in an agent's turn); an agent's tool calls as `event: tool_call` (`{id, name, arguments}`) and `event: tool_result` (`{id, name, result | error, duration_ms}`); an error after the first byte (the upstream failing, TURN_TIMEOUT_SECS, the conversation deleted meanwhile) is `event: error` with `{\"detail\"}`; at shutdown `{\"detail\": \"server shutting down\", \"retryable\": true}`", content_type = "text/event-stream", body = SseEvent),
-        (status = 409, description = "The conversation is busy with another turn: at once with `if_busy: reject`, else after TURN_WAIT_SECS (Retry-After set)", body = DetailError),
+        (status = 409, description = "The conversation is busy with another turn: at once with `if_busy: reject`, else after TURN_WAIT_SECS (Retry-After set); or it belongs to another agent than the one named (no Retry-After)", body = DetailError),
         ModelCallErrors), security(("api_key" = []), ("bearer" = [])))]
 pub async fn stream_chat(
     State(state): State<AppState>,
@@ -43,7 +43,7 @@ pub async fn stream_chat(
 
 #[utoipa::path(get, path = "/chat/stream", tag = "chat", params(ChatQuery),
     responses((status = 200, description = "The same stream as POST, for a browser's EventSource (`?api_key=` accepted here)", content_type = "text/event-stream", body = SseEvent),
-        (status = 409, description = "The conversation is busy with another turn: at once with `if_busy: reject`, else after TURN_WAIT_SECS (Retry-After set)", body = DetailError),
+        (status = 409, description = "The conversation is busy with another turn: at once with `if_busy: reject`, else after TURN_WAIT_SECS (Retry-After set); or it belongs to another agent than the one named (no Retry-After)", body = DetailError),
         ModelCallErrors), security(("api_key" = []), ("bearer" = []), ("api_key_query" = [])))]
 pub async fn stream_chat_get(
     State(state): State<AppState>,

@@ -27,11 +27,21 @@ pub fn client() -> reqwest::Client {
 pub struct HttpTool {
     def: HttpToolDef,
     client: reqwest::Client,
+    validator: Option<std::sync::Arc<jsonschema::Validator>>,
 }
 
 impl HttpTool {
     pub fn new(def: HttpToolDef, client: reqwest::Client) -> Self {
-        Self { def, client }
+        let validator = super::compile(&def.parameters);
+        Self {
+            def,
+            client,
+            validator,
+        }
+    }
+
+    pub fn validator(&self) -> Option<std::sync::Arc<jsonschema::Validator>> {
+        self.validator.clone()
     }
 
     pub fn spec(&self) -> ToolSpec {

@@ -24,11 +24,13 @@ use super::{Target, Tool, ToolError, ToolSpec};
 use crate::config::agents::{McpServerDef, McpTransport, mcp_tool_name, valid_name};
 
 /// A tool as the server listed it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Listed {
     pub name: String,
     pub description: String,
     pub input_schema: Value,
+    /// `input_schema` compiled, once per listing.
+    pub validator: Option<Arc<jsonschema::Validator>>,
 }
 
 pub struct McpServer {
@@ -102,6 +104,7 @@ impl McpServer {
                 server: Arc::clone(self),
                 tool: listed.name.clone(),
             },
+            listed.validator.clone(),
         )
     }
 
@@ -237,12 +240,14 @@ impl McpServer {
                 tracing::warn!(server = %self.def.name, tool = %name, "MCP tool skipped: its name is not valid for a model");
                 continue;
             }
+            let input_schema = v
+                .get("inputSchema")
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({"type": "object"}));
             out.push(Listed {
                 description: v["description"].as_str().unwrap_or_default().to_owned(),
-                input_schema: v
-                    .get("inputSchema")
-                    .cloned()
-                    .unwrap_or_else(|| serde_json::json!({"type": "object"})),
+                validator: super::compile(&input_schema),
+                input_schema,
                 name,
             });
         }

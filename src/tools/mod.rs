@@ -57,10 +57,9 @@ enum Target {
 }
 
 impl Tool {
-    fn new(spec: ToolSpec, target: Target) -> Self {
-        let validator = jsonschema::validator_for(&spec.parameters)
-            .ok()
-            .map(Arc::new);
+    /// `validator`: the compiled `parameters`, made once when the tool is listed or loaded
+    /// (never per turn).
+    fn new(spec: ToolSpec, target: Target, validator: Option<Arc<jsonschema::Validator>>) -> Self {
         Self {
             spec,
             target,
@@ -138,7 +137,11 @@ impl Toolbox {
             match r {
                 ToolRef::Http(name) => {
                     if let Some(t) = self.http.get(name) {
-                        push(Tool::new(t.spec(), Target::Http(Arc::clone(t))));
+                        push(Tool::new(
+                            t.spec(),
+                            Target::Http(Arc::clone(t)),
+                            t.validator(),
+                        ));
                     }
                 }
                 ToolRef::Mcp { server, tool } => {
@@ -158,6 +161,7 @@ impl Toolbox {
                                     server: Arc::clone(s),
                                     tool: tool.clone(),
                                 },
+                                None,
                             )),
                         }
                     }
@@ -298,6 +302,12 @@ fn clip(s: &str, max: usize) -> String {
     truncate(s.to_owned(), max)
 }
 
+/// Compiles a tool's schema once; `None` (arguments then only checked to be an object) when it
+/// does not compile.
+pub(crate) fn compile(schema: &Value) -> Option<Arc<jsonschema::Validator>> {
+    jsonschema::validator_for(schema).ok().map(Arc::new)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,7 +329,8 @@ mod tests {
             parameters: parameters.clone(),
         };
         let t = Arc::new(http::HttpTool::new(def, http::client()));
-        Tool::new(t.spec(), Target::Http(t))
+        let v = t.validator();
+        Tool::new(t.spec(), Target::Http(t), v)
     }
 
     #[test]

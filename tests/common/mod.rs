@@ -117,6 +117,12 @@ impl TestApp {
         answer(res).await
     }
 
+    /// `GET /metrics`, as text.
+    pub async fn metrics(&self) -> String {
+        let res = self.client.get(format!("{}/metrics", self.url)).send();
+        res.await.unwrap().text().await.unwrap()
+    }
+
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         let res = self
             .client
