@@ -95,14 +95,22 @@ pub struct Toolbox {
 
 impl Toolbox {
     pub fn new(file: &AgentsFile, max_result: usize, metrics: Arc<Metrics>) -> Self {
-        let client = http::client();
+        // Built only when there are HTTP tools: its TLS setup costs memory at start.
+        let client = if file.http_tools.is_empty() {
+            None
+        } else {
+            Some(http::client())
+        };
         let http = file
             .http_tools
             .iter()
             .map(|d| {
                 (
                     d.name.clone(),
-                    Arc::new(http::HttpTool::new(d.clone(), client.clone())),
+                    Arc::new(http::HttpTool::new(
+                        d.clone(),
+                        client.clone().unwrap_or_default(),
+                    )),
                 )
             })
             .collect();
