@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
+pub mod runs;
 pub mod state;
 pub mod store;
 pub mod tools;
