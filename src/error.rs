@@ -319,7 +319,7 @@ impl From<crate::agent::AgentError> for ApiError {
                 msg,
                 kind: "value_error".into(),
             }]),
-            AgentError::Tool(msg) => Self::Internal(msg),
+            AgentError::Loop(msg) => Self::Internal(msg),
             AgentError::Gone => Self::Internal("the client is gone".into()),
         }
     }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::agents::Agent;
+use super::agents::{Agent, Agents};
 use super::tool_loop::{Action, Finished, ModelAnswer, ToolLoop, ToolResult};
 use super::{AgentError, TurnEvent};
 use crate::llm::{
@@ -93,34 +93,60 @@ impl Events for NoEvents {
 
 /// What one driven turn needs.
 pub struct Drive<'a> {
-    pub llm: &'a dyn LlmProvider,
-    pub toolbox: &'a Toolbox,
-    pub agent: &'a Agent,
-    pub tools: Vec<Tool>,
-    /// The request of every step (model, sampling fields); its messages are the loop's.
-    pub request: ChatRequest,
-    pub deadline: Instant,
+    llm: &'a dyn LlmProvider,
+    toolbox: &'a Toolbox,
+    agent: &'a Agent,
+    tools: Vec<Tool>,
+    /// The request of every step without its messages (model, sampling fields, and the tools
+    /// in OpenAI's shape, built once per turn).
+    request: ChatRequest,
+    deadline: Instant,
     /// `TURN_TIMEOUT_SECS`, for the error past the deadline.
-    pub turn_timeout: Duration,
+    turn_timeout: Duration,
 }
 
-impl Drive<'_> {
+impl<'a> Drive<'a> {
+    /// A turn of `agent` whose steps are sent like `template` (its messages are not used),
+    /// offering the agent's tools as they resolve now.
+    pub fn new(
+        llm: &'a dyn LlmProvider,
+        agents: &'a Agents,
+        agent: &'a Agent,
+        template: &ChatRequest,
+        deadline: Instant,
+        turn_timeout: Duration,
+    ) -> Self {
+        let tools = agents.tools_of(agent);
+        let mut extra = template.extra.clone();
+        if !tools.is_empty() {
+            extra.insert("tools".into(), tools.iter().map(Tool::openai).collect());
+            if let Some(p) = agent.parallel_tool_calls {
+                extra.insert("parallel_tool_calls".into(), Value::Bool(p));
+            }
+        }
+        Self {
+            llm,
+            toolbox: &agents.toolbox,
+            agent,
+            tools,
+            request: ChatRequest {
+                model: template.model.clone(),
+                messages: Messages::default(),
+                extra,
+            },
+            deadline,
+            turn_timeout,
+        }
+    }
+
     fn step_request(&self, messages: &[Message], tool_choice_none: bool) -> ChatRequest {
         let mut req = ChatRequest {
             model: self.request.model.clone(),
             messages: Messages::Turn(messages.to_vec()),
             extra: self.request.extra.clone(),
         };
-        let tools: Vec<Value> = self.tools.iter().map(Tool::openai).collect();
-        if !tools.is_empty() {
-            req.extra.insert("tools".into(), Value::Array(tools));
-            if tool_choice_none {
-                req.extra.insert("tool_choice".into(), json!("none"));
-            }
-            if let Some(p) = self.agent.parallel_tool_calls {
-                req.extra
-                    .insert("parallel_tool_calls".into(), Value::Bool(p));
-            }
+        if tool_choice_none && !self.tools.is_empty() {
+            req.extra.insert("tool_choice".into(), json!("none"));
         }
         req
     }
@@ -136,7 +162,7 @@ impl Drive<'_> {
         let mut machine = ToolLoop::new(messages, self.agent.max_steps);
         let mut action = machine
             .start()
-            .map_err(|e| AgentError::Tool(e.to_string()))?;
+            .map_err(|e| AgentError::Loop(e.to_string()))?;
         loop {
             action = match action {
                 Action::CallModel { tool_choice_none } => {
@@ -155,7 +181,7 @@ impl Drive<'_> {
                 }
                 Action::Finish(done) => return Ok(done),
             }
-            .map_err(|e| AgentError::Tool(e.to_string()))?;
+            .map_err(|e| AgentError::Loop(e.to_string()))?;
         }
     }
 

@@ -90,7 +90,7 @@ pub enum AgentError {
     Invalid { field: &'static str, msg: String },
     /// The loop was misdriven (a bug of ours).
     #[error("{0}")]
-    Tool(String),
+    Loop(String),
     /// The streamed turn's client is gone.
     #[error("the client is gone")]
     Gone,
@@ -237,19 +237,14 @@ impl PreparedTurn {
         deadline: Instant,
         turn_timeout: Duration,
     ) -> driver::Drive<'a> {
-        driver::Drive {
+        driver::Drive::new(
             llm,
-            toolbox: &agents.toolbox,
-            agent: &self.agent,
-            tools: agents.tools_of(&self.agent),
-            request: ChatRequest {
-                model: self.request.model.clone(),
-                messages: Default::default(),
-                extra: self.request.extra.clone(),
-            },
+            agents,
+            &self.agent,
+            &self.request,
             deadline,
             turn_timeout,
-        }
+        )
     }
 
     /// Commits a finished loop: the turn's own messages, then everything the loop added.

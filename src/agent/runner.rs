@@ -383,39 +383,26 @@ impl TaskRunner {
         ];
         let model = agent.model.as_deref().unwrap_or(&task.model);
         let temperature = agent.temperature.unwrap_or(0.7);
-        let req = ChatRequest::new(
-            model,
-            messages,
-            temperature,
-            agent.max_tokens.unwrap_or(1000),
-        );
+        // The request without its messages: the loop owns those.
+        let max_tokens = agent.max_tokens.unwrap_or(1000);
+        let mut req = ChatRequest::new(model, Vec::new(), temperature, max_tokens);
         let limit = inner.limits.timeout;
         let run = async {
             if !agent.has_tools() {
+                req.messages = crate::llm::Messages::Turn(messages);
                 let done = inner.llm.complete(req).await?;
                 return Ok::<_, AgentError>((done.content, None));
             }
-            let ChatRequest {
-                model,
-                messages,
-                extra,
-            } = req;
-            let crate::llm::Messages::Turn(messages) = messages else {
-                return Err(AgentError::Tool("a task's messages are its own".into()));
-            };
-            let drive = super::driver::Drive {
-                llm: inner.llm.as_ref(),
-                toolbox: &inner.agents.toolbox,
-                agent: &agent,
-                tools: inner.agents.tools_of(&agent),
-                request: ChatRequest {
-                    model,
-                    messages: Default::default(),
-                    extra,
-                },
-                deadline: tokio::time::Instant::now() + limit,
-                turn_timeout: limit,
-            };
+            let deadline = tokio::time::Instant::now() + limit;
+            let agents = &inner.agents;
+            let drive = super::driver::Drive::new(
+                inner.llm.as_ref(),
+                agents,
+                &agent,
+                &req,
+                deadline,
+                limit,
+            );
             let done = drive
                 .run(messages, None, &mut super::driver::NoEvents)
                 .await?;

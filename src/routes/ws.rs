@@ -1,8 +1,9 @@
 //! `WS /ws/{client_id}`: chat over a WebSocket.
 //!
 //! In: `{"message", "conversation_id"?, "system_prompt"?, ...}` (any `/chat` field), or
-//! `{"type": "cancel"}` to stop the reply in progress. Out: `{"content"}` frames, then
-//! `{"done": true, "conversation_id", "tokens_used"}`; a bad frame or a failure gets
+//! `{"type": "cancel"}` to stop the reply in progress. Out: `{"content"}` frames (and, in a turn
+//! of an agent with tools, `{"tool_call": {...}}` and `{"tool_result": {...}}`), then
+//! `{"done": true, "conversation_id", "tokens_used"}` (`"steps"` added in an agent's turn); a bad frame or a failure gets
 //! `{"error"}` and the socket stays open. One conversation per socket unless the client names
 //! another. Server pings keep it alive; an idle socket is closed; a second socket with the same
 //! `client_id` (and key) replaces the first; a client that takes nothing for
@@ -80,7 +81,7 @@ impl SocketRegistry {
 }
 
 #[utoipa::path(get, path = "/ws/{client_id}", tag = "chat", params(("client_id" = String, Path)),
-    description = "WebSocket chat. In: `{\"message\", \"conversation_id\"?, \"system_prompt\"?}` or `{\"type\": \"cancel\"}`. Out: `{\"content\"}` frames, then `{\"done\": true, \"conversation_id\", \"tokens_used\"}`; `{\"error\"}` on a bad frame or failure (the socket stays open). Close codes: 1000 idle, 1001 shutdown, 4000 replaced.",
+    description = "WebSocket chat. In: `{\"message\", \"conversation_id\"?, \"system_prompt\"?, \"agent\"?, ...}` (any `/chat` field) or `{\"type\": \"cancel\"}`. Out: `{\"content\"}` frames (in an agent's turn also `{\"tool_call\": {id, name, arguments}}` and `{\"tool_result\": {id, name, result | error, duration_ms}}`), then `{\"done\": true, \"conversation_id\", \"tokens_used\"}` (with `\"steps\"` in an agent's turn); `{\"error\"}` on a bad frame or failure (the socket stays open). Close codes: 1000 idle, 1001 shutdown, 4000 replaced.",
     responses((status = 101, description = "Switching protocols"),
         (status = 400, description = "Not a WebSocket upgrade", body = DetailError),
         (status = 401, body = DetailError),

@@ -39,7 +39,6 @@ pub struct McpServer {
     peer: RwLock<Option<Peer<RoleClient>>>,
     /// The tools as last listed (kept while the server is down).
     tools: RwLock<Arc<Vec<Listed>>>,
-    connected: AtomicBool,
     stop: CancellationToken,
     /// Set when the supervisor has ended (after [`McpServer::stop`]).
     stopped: CancellationToken,
@@ -68,7 +67,6 @@ impl McpServer {
             def,
             peer: RwLock::new(None),
             tools: RwLock::new(Arc::new(Vec::new())),
-            connected: AtomicBool::new(false),
             stop: CancellationToken::new(),
             stopped: CancellationToken::new(),
             started: AtomicBool::new(false),
@@ -81,7 +79,7 @@ impl McpServer {
 
     /// Whether the server is connected now (for `/ready`).
     pub fn connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
+        self.peer.read().is_ok_and(|p| p.is_some())
     }
 
     /// The allowed tools as last listed.
@@ -132,7 +130,6 @@ impl McpServer {
     }
 
     fn set_peer(&self, peer: Option<Peer<RoleClient>>) {
-        self.connected.store(peer.is_some(), Ordering::Relaxed);
         if let Ok(mut p) = self.peer.write() {
             *p = peer;
         }

@@ -95,25 +95,15 @@ pub struct Toolbox {
 
 impl Toolbox {
     pub fn new(file: &AgentsFile, max_result: usize, metrics: Arc<Metrics>) -> Self {
-        // Built only when there are HTTP tools: its TLS setup costs memory at start.
-        let client = if file.http_tools.is_empty() {
-            None
-        } else {
-            Some(http::client())
-        };
-        let http = file
-            .http_tools
-            .iter()
-            .map(|d| {
-                (
-                    d.name.clone(),
-                    Arc::new(http::HttpTool::new(
-                        d.clone(),
-                        client.clone().unwrap_or_default(),
-                    )),
-                )
-            })
-            .collect();
+        let mut http = BTreeMap::new();
+        // The client is built only when there are HTTP tools: its TLS setup costs memory.
+        if !file.http_tools.is_empty() {
+            let client = http::client();
+            for d in &file.http_tools {
+                let tool = http::HttpTool::new(d.clone(), client.clone());
+                http.insert(d.name.clone(), Arc::new(tool));
+            }
+        }
         let mcp = file
             .mcp
             .iter()
@@ -193,7 +183,7 @@ impl Toolbox {
         let tool = tools.iter().find(|t| t.spec.name == *name);
         let (result, outcome) = match tool {
             None => (
-                Err(format!("unknown tool `{}`", clip(name, 64))),
+                Err(format!("unknown tool `{}`", truncate(name.clone(), 64))),
                 "unknown_tool",
             ),
             Some(tool) => match arguments(tool, &call.function.arguments) {
@@ -260,11 +250,10 @@ fn arguments(tool: &Tool, raw: &str) -> Result<Map<String, Value>, String> {
     } else {
         serde_json::from_str(raw).map_err(|e| format!("the arguments are not valid JSON: {e}"))?
     };
-    let Value::Object(args) = value else {
+    if !value.is_object() {
         return Err("the arguments must be a JSON object".into());
-    };
+    }
     if let Some(v) = &tool.validator {
-        let value = Value::Object(args);
         let errors: Vec<String> = v
             .iter_errors(&value)
             .take(5)
@@ -283,12 +272,11 @@ fn arguments(tool: &Tool, raw: &str) -> Result<Map<String, Value>, String> {
                 errors.join("; ")
             ));
         }
-        let Value::Object(args) = value else {
-            unreachable!()
-        };
-        return Ok(args);
     }
-    Ok(args)
+    match value {
+        Value::Object(args) => Ok(args),
+        _ => Err("the arguments must be a JSON object".into()),
+    }
 }
 
 /// `text` cut to at most `max` bytes at a character boundary, then `[truncated]`.
@@ -303,11 +291,6 @@ pub fn truncate(mut text: String, max: usize) -> String {
     text.truncate(end);
     text.push_str("[truncated]");
     text
-}
-
-/// At most `max` bytes of `s`, for error texts that quote the model.
-fn clip(s: &str, max: usize) -> String {
-    truncate(s.to_owned(), max)
 }
 
 /// Compiles a tool's schema once; `None` (arguments then only checked to be an object) when it
