@@ -85,8 +85,31 @@ pub enum ApiError {
     Conflict(String),
     #[error("the request took longer than {0:?}")]
     Timeout(Duration),
+    /// A run's position whose events were dropped (`RUN_LOG_MAX_BYTES`): 410.
+    #[error("{0}")]
+    Gone(String),
+    /// A run's event id that is not one of this run's: 400.
+    #[error("{0}")]
+    BadRequest(String),
     #[error("internal error")]
     Internal(String),
+}
+
+impl From<crate::runs::FollowError> for ApiError {
+    fn from(e: crate::runs::FollowError) -> Self {
+        use crate::runs::{FollowError, ReplayError};
+        match e {
+            FollowError::NotFound => Self::NotFound { kind: "run" },
+            FollowError::Replay(ReplayError::Gone) => Self::Gone(
+                "the run's events after this position are no longer held (RUN_LOG_MAX_BYTES)"
+                    .into(),
+            ),
+            FollowError::Replay(ReplayError::Unknown) => {
+                Self::BadRequest("this run has sent no event with that id".into())
+            }
+            FollowError::Store(e) => Self::Store(e),
+        }
+    }
 }
 
 /// Whole seconds, at least 1, as `Retry-After` wants them.
@@ -125,6 +148,8 @@ impl ApiError {
             },
             Self::Store(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Gone(_) => StatusCode::GONE,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -158,6 +183,8 @@ impl ApiError {
             Self::Store(_) => "store_unavailable",
             Self::Overloaded(_) => "overloaded",
             Self::Timeout(_) => "request_timeout",
+            Self::Gone(_) => "events_gone",
+            Self::BadRequest(_) => "bad_event_id",
             Self::Internal(_) => "internal_error",
         }
     }

@@ -129,6 +129,8 @@ pub async fn serve(
     let finished = async {
         connections_closed().await;
         state.runner.idle().await;
+        // Runs that go on without their client (`on_disconnect: continue`) get the grace too.
+        state.runs.idle().await;
     };
     if tokio::time::timeout_at(stop_at, finished).await.is_err() {
         tracing::warn!("grace period over; stopping the streams and tasks still running");
@@ -146,6 +148,8 @@ pub async fn serve(
     if tokio::time::timeout_at(deadline, ended).await.is_err() {
         tracing::warn!("shutdown grace over; closing what is still open");
     }
+    // With Redis: the runs' last events (their ends) written for the other replicas.
+    state.runs.flushed(std::time::Duration::from_secs(2)).await;
     Ok(())
 }
 

@@ -155,6 +155,10 @@ impl Modify for Security {
         crate::routes::tasks::list_tasks,
         crate::routes::tasks::get_task,
         crate::routes::tasks::cancel_task,
+        crate::routes::tasks::task_events,
+        crate::routes::runs::get_run,
+        crate::routes::runs::cancel_run,
+        crate::routes::runs::run_events,
         crate::routes::agents::list_agents,
         crate::routes::agents::get_agent,
         crate::routes::openai::chat_completions,
@@ -169,6 +173,7 @@ impl Modify for Security {
         (name = "chat", description = "Tutorial-compatible chat, streamed or not"),
         (name = "conversations"), (name = "tasks", description = "Background tasks"),
         (name = "agents", description = "The operator's agents (AGENTS_FILE) and their tools"),
+        (name = "runs", description = "Streamed turns and tasks as runs: their state, cancellation, and their event logs replayed and followed"),
         (name = "openai", description = "OpenAI-compatible routes"),
         (name = "operations", description = "Probes and metrics; never need a key"),
     )

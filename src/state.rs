@@ -15,7 +15,8 @@ use crate::middleware::auth::KeyRing;
 use crate::middleware::rate_limit::RateLimiter;
 use crate::middleware::streams::{StreamPermit, StreamQuota};
 use crate::routes::ws::SocketRegistry;
-use crate::store::redis::{RedisRateLimiter, RedisSettings, RedisStores, RedisStreams};
+use crate::runs::{RunSettings, Runs};
+use crate::store::redis::{RedisRateLimiter, RedisRuns, RedisSettings, RedisStores, RedisStreams};
 use crate::store::{
     ConversationStore, MemoryQueue, StoreError, StoreLimits, TaskQueue, TaskStore, memory,
 };
@@ -47,6 +48,8 @@ pub struct Shared {
     pub tasks: Arc<dyn TaskStore>,
     /// Runs tasks and every other background job; `main` waits for it on shutdown.
     pub runner: TaskRunner,
+    /// Every streamed turn's and task's run, with its event log.
+    pub runs: Runs,
     /// The configured API keys, as hashes; used by the auth layer.
     pub keys: Arc<KeyRing>,
     /// Per-client and per-key token buckets; used by the rate-limit layer and by `/ws`.
@@ -81,6 +84,7 @@ struct Stores {
     limiter: Option<Arc<RedisRateLimiter>>,
     streams: Option<Arc<RedisStreams>>,
     queue: Arc<dyn TaskQueue>,
+    runs: Option<Arc<RedisRuns>>,
 }
 
 impl Stores {
@@ -94,6 +98,7 @@ impl Stores {
                     limiter: None,
                     streams: None,
                     queue: Arc::new(MemoryQueue::new(config.task_lease)),
+                    runs: None,
                 })
             }
             StoreKind::Redis(url) => {
@@ -104,6 +109,7 @@ impl Stores {
                         limits: StoreLimits::from_config(config),
                     },
                     config.task_lease,
+                    config.run_ttl,
                 )?;
                 Ok(Self {
                     conversations: redis.conversations,
@@ -111,6 +117,7 @@ impl Stores {
                     limiter: Some(redis.limiter),
                     streams: Some(redis.streams),
                     queue: redis.queue,
+                    runs: Some(redis.runs),
                 })
             }
         }
@@ -163,6 +170,11 @@ impl AppStateBuilder {
         let llm: Arc<dyn LlmProvider> = Arc::new(MeteredProvider::new(llm, Arc::clone(&metrics)));
         let stores = Stores::for_config(&config)?;
         let agents = Arc::new(crate::agent::Agents::new(&config, Arc::clone(&metrics)));
+        let runs = Runs::new(
+            RunSettings::from_config(&config),
+            stores.runs.clone(),
+            CancellationToken::new(),
+        );
         let runner = TaskRunner::new(
             Arc::clone(&llm),
             Arc::clone(&agents),
@@ -174,6 +186,7 @@ impl AppStateBuilder {
                 timeout: config.task_timeout,
             },
             Arc::clone(&stores.queue),
+            runs.clone(),
         );
         let limiter = match &stores.limiter {
             Some(shared) => RateLimiter::shared(&config, Arc::clone(shared)),
@@ -190,6 +203,7 @@ impl AppStateBuilder {
             conversations,
             tasks,
             runner,
+            runs,
             streams,
             sockets: Arc::new(SocketRegistry::default()),
             closing: CancellationToken::new(),
@@ -236,6 +250,7 @@ impl AppState {
         let every = Duration::from_secs(30)
             .min(state.config.conversation_ttl / 2)
             .min(state.config.task_ttl / 2)
+            .min(state.config.run_ttl / 2)
             .max(Duration::from_millis(100));
         self.runner.spawn_until_shutdown(async move {
             let mut tick = tokio::time::interval(every);
@@ -244,6 +259,7 @@ impl AppState {
                 tick.tick().await;
                 state.conversations.sweep().await;
                 state.tasks.sweep().await;
+                state.runs.sweep();
                 state.limiter.sweep();
             }
         });

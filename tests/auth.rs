@@ -89,7 +89,13 @@ async fn every_route_needs_a_key_unless_public() {
                 assert_ne!(res.status(), 401, "{method} {path} with a valid key");
             }
             // ?api_key= only where browsers need it.
-            let query_ok = (*method == "GET" && route.path == "/chat/stream")
+            // (What an EventSource opens: a stream, and a run's or a task's events.)
+            let event_source = [
+                "/chat/stream",
+                "/runs/{run_id}/events",
+                "/task/{task_id}/events",
+            ];
+            let query_ok = (*method == "GET" && event_source.contains(&route.path))
                 || route.path.starts_with("/ws/");
             let res = call(&app, method, &path, &Cred::Query("key-a")).await;
             assert_eq!(

@@ -16,7 +16,9 @@ use agent_api::llm::http::ProxySettings;
 use agent_api::llm::{LlmProvider, OpenAiProvider};
 use agent_api::metrics::Metrics;
 use agent_api::store::redis::{RedisSettings, RedisStores};
-use agent_api::store::{StoreError, StoreLimits, Task, TaskQueue, TaskStatus, TaskStore};
+use agent_api::store::{
+    StoreError, StoreLimits, Task, TaskChange, TaskQueue, TaskStatus, TaskStore,
+};
 use async_trait::async_trait;
 use common::{Behaviour, FakeOpenAi, PrivateRedis, ServerProcess, redis_url};
 use serde_json::json;
@@ -50,6 +52,7 @@ fn setup() -> Setup {
             limits: StoreLimits::new(100, 100, Duration::from_secs(60)),
         },
         LEASE,
+        Duration::from_secs(60),
     )
     .unwrap();
     Setup { stores, prefix }
@@ -82,6 +85,11 @@ fn runner(llm: Arc<dyn LlmProvider>, tasks: Arc<dyn TaskStore>, s: &Setup) -> Ta
             timeout: Duration::from_secs(30),
         },
         s.stores.queue.clone(),
+        agent_api::runs::Runs::new(
+            agent_api::runs::RunSettings::from_config(&config),
+            Some(s.stores.runs.clone()),
+            tokio_util::sync::CancellationToken::new(),
+        ),
     );
     runner.start_workers();
     runner
@@ -114,13 +122,12 @@ impl TaskStore for FlakyTasks {
     async fn list(&self, owner: &str, limit: usize) -> Result<Vec<Task>, StoreError> {
         self.inner.list(owner, limit).await
     }
-    async fn transition_with_calls(
+    async fn transition_with(
         &self,
         id: &str,
         from: &[TaskStatus],
         to: TaskStatus,
-        result: Option<String>,
-        calls: Option<String>,
+        change: TaskChange,
     ) -> Result<Option<Task>, StoreError> {
         if to.is_final()
             && self
@@ -130,9 +137,7 @@ impl TaskStore for FlakyTasks {
         {
             return Err(StoreError::Unavailable("injected".into()));
         }
-        self.inner
-            .transition_with_calls(id, from, to, result, calls)
-            .await
+        self.inner.transition_with(id, from, to, change).await
     }
 }
 
@@ -209,6 +214,7 @@ async fn an_entry_whose_task_is_final_but_unacknowledged_is_acknowledged_without
         completed_at: None,
         agent: None,
         tool_calls: None,
+        run_id: None,
     };
     s.stores.tasks.insert(task.clone()).await.unwrap();
     s.stores.queue.push(&task.task_id).await.unwrap();
@@ -351,7 +357,7 @@ async fn a_paused_redis_gets_503_in_bounded_time_and_the_server_recovers() {
 #[tokio::test]
 async fn sigterm_hands_an_unfinished_task_to_another_replica_at_once() {
     let fake = FakeOpenAi::start_with(Behaviour {
-        unary_delay: Duration::from_secs(30),
+        first_chunk_delay: Duration::from_secs(30),
         ..Default::default()
     })
     .await;
@@ -384,7 +390,7 @@ async fn sigterm_hands_an_unfinished_task_to_another_replica_at_once() {
         "never ran"
     );
     let b = ServerProcess::start(&envs);
-    fake.set(|b| b.unary_delay = Duration::ZERO);
+    fake.set(|b| b.first_chunk_delay = Duration::ZERO);
     let signalled = Instant::now();
     let sent = std::process::Command::new("kill")
         .args(["-TERM", &a.pid()])

@@ -428,3 +428,180 @@ async fn the_per_key_stream_quota_is_exact_across_replicas() {
     assert!(ok, "the ended stream's place was not given back");
     drop(b);
 }
+
+/// The frames of an SSE body, as (id, event, data), as they come.
+async fn sse_frames(res: reqwest::Response, want: usize) -> Vec<(String, String, String)> {
+    let mut body = res.bytes_stream();
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    while out.len() < want {
+        let Ok(Some(Ok(chunk))) =
+            tokio::time::timeout(Duration::from_secs(15), futures::StreamExt::next(&mut body))
+                .await
+        else {
+            break;
+        };
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let raw: String = buf.drain(..end + 2).collect();
+            let (mut id, mut event, mut data) = (String::new(), String::new(), String::new());
+            for line in raw.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    event = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = v.to_owned();
+                }
+            }
+            if !data.is_empty() {
+                out.push((id, event, data));
+            }
+        }
+    }
+    out
+}
+
+fn slow_stream(chunks: usize, gap: Duration) -> Behaviour {
+    Behaviour {
+        content: "word ".repeat(chunks),
+        chunks,
+        chunk_delay: gap,
+        ..Default::default()
+    }
+}
+
+async fn open_stream(url: &str, ip: &str, body: Value) -> (String, reqwest::Response) {
+    let res = common::client()
+        .post(format!("{url}/chat/stream"))
+        .header("x-forwarded-for", ip)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let run = res.headers()["x-run-id"].to_str().unwrap().to_owned();
+    (run, res)
+}
+
+async fn follow_run(url: &str, ip: &str, run: &str, last: Option<&str>) -> reqwest::Response {
+    let mut req = common::client()
+        .get(format!("{url}/runs/{run}/events"))
+        .header("x-forwarded-for", ip);
+    if let Some(last) = last {
+        req = req.header("last-event-id", last);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_run_is_followed_through_another_replica() {
+    let fake = FakeOpenAi::start_with(slow_stream(10, Duration::from_millis(100))).await;
+    let prefix = prefix();
+    let p = pair(&fake, &prefix, &[]);
+    let body = json!({"message": "hi", "conversation_id": "rr", "on_disconnect": "continue"});
+    let (run, res) = open_stream(&p.a.url, "10.9.0.1", body).await;
+    // The first event on A, then the client goes.
+    let first = sse_frames(res, 1).await;
+    let first_id = first[0].0.clone();
+    assert_eq!(first_id, format!("{run}-1"));
+    // Through B: everything after it, live, to the done frame, with A's ids.
+    let res = follow_run(&p.b.url, "10.9.0.2", &run, Some(&first_id)).await;
+    assert_eq!(res.status(), 200);
+    let frames = sse_frames(res, 10).await;
+    assert_eq!(frames.len(), 10, "{frames:?}");
+    for (i, (id, _, _)) in frames.iter().enumerate() {
+        assert_eq!(id, &format!("{run}-{}", i + 2));
+    }
+    let done: Value = serde_json::from_str(&frames[9].2).unwrap();
+    assert_eq!(done["done"], true);
+    assert_eq!(done["run_id"], run.as_str());
+    // Replayed through B once ended: the same bytes as through A.
+    let via_b = follow_run(&p.b.url, "10.9.0.2", &run, None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let via_a = follow_run(&p.a.url, "10.9.0.1", &run, None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(via_a, via_b);
+    let (s, info) = call(
+        reqwest::Method::GET,
+        &p.b.url,
+        &format!("/runs/{run}"),
+        "10.9.0.2",
+    )
+    .await;
+    assert_eq!(s, 200, "{info}");
+    assert_eq!(info["status"], "completed");
+    assert_eq!(info["conversation_id"], "rr");
+    assert_eq!(fake.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_run_whose_replica_dies_ends_interrupted_for_whoever_attaches() {
+    let fake = FakeOpenAi::start_with(slow_stream(40, Duration::from_millis(250))).await;
+    let prefix = prefix();
+    let mut p = pair(&fake, &prefix, &[("TASK_LEASE_SECS", "1")]);
+    let body = json!({"message": "hi", "on_disconnect": "continue"});
+    let (run, res) = open_stream(&p.a.url, "10.9.1.1", body).await;
+    let before = sse_frames(res, 3).await;
+    assert_eq!(before.len(), 3);
+    // Flushed to Redis (the flusher writes as events come).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.a.kill_hard();
+    let killed = tokio::time::Instant::now();
+    let res = follow_run(&p.b.url, "10.9.1.2", &run, None).await;
+    assert_eq!(res.status(), 200);
+    let frames = sse_frames(res, 100).await;
+    let (last, events) = frames.split_last().unwrap();
+    assert!(events.len() >= 3, "the events so far: {frames:?}");
+    assert_eq!(&events[..3], &before[..]);
+    assert_eq!(last.1, "error");
+    let detail: Value = serde_json::from_str(&last.2).unwrap();
+    assert_eq!(detail["detail"], "the run was interrupted");
+    assert!(
+        killed.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        killed.elapsed()
+    );
+    let (_, info) = call(
+        reqwest::Method::GET,
+        &p.b.url,
+        &format!("/runs/{run}"),
+        "10.9.1.2",
+    )
+    .await;
+    assert_eq!(info["status"], "interrupted", "{info}");
+}
+
+#[tokio::test]
+async fn delete_through_another_replica_cancels_the_run() {
+    let fake = FakeOpenAi::start_with(slow_stream(40, Duration::from_millis(200))).await;
+    let prefix = prefix();
+    let p = pair(&fake, &prefix, &[]);
+    let body = json!({"message": "hi", "conversation_id": "rd", "on_disconnect": "continue"});
+    let (run, res) = open_stream(&p.a.url, "10.9.2.1", body).await;
+    let path = format!("/runs/{run}");
+    let cancel = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        call(reqwest::Method::DELETE, &p.b.url, &path, "10.9.2.2").await
+    };
+    let (frames, (s, info)) = tokio::join!(sse_frames(res, 100), cancel);
+    assert_eq!(s, 200, "{info}");
+    assert_eq!(info["status"], "cancelled");
+    let last = frames.last().unwrap();
+    assert_eq!(last.1, "error", "{frames:?}");
+    assert!(frames.len() < 41, "stopped early");
+    let (s, _) = call(
+        reqwest::Method::GET,
+        &p.b.url,
+        "/conversation/rd",
+        "10.9.2.2",
+    )
+    .await;
+    assert_eq!(s, 404, "the cancelled turn is not kept");
+}

@@ -56,6 +56,7 @@ async fn redis(limits: StoreLimits) -> Stores {
                 limits: limits.clone(),
             },
             LEASE,
+            Duration::from_secs(60),
         )
         .unwrap()
     };
@@ -185,6 +186,7 @@ fn task(id: &str, owner: &str) -> Task {
         completed_at: None,
         agent: None,
         tool_calls: None,
+        run_id: None,
     }
 }
 

@@ -27,15 +27,13 @@ async fn frames_concatenate_to_the_upstream_text_and_the_reply_is_stored() {
     assert_eq!(res.headers()["content-type"], "text/event-stream");
     assert_eq!(res.headers()["x-accel-buffering"], "no");
     assert!(res.headers().get("content-encoding").is_none());
+    let run = res.headers()["x-run-id"].to_str().unwrap().to_owned();
     let events = read_sse(res).await;
     let (last, contents) = events.split_last().unwrap();
     let mut text = String::new();
+    // Each id names the run and the position after the event.
     for (i, (_, e)) in events.iter().enumerate() {
-        assert_eq!(
-            e.id.as_deref(),
-            Some(i.to_string().as_str()),
-            "ids increase"
-        );
+        assert_eq!(e.id.as_deref(), Some(format!("{run}-{}", i + 1).as_str()));
     }
     for (_, e) in contents {
         let v: Value = serde_json::from_str(&e.data).unwrap();
@@ -47,7 +45,7 @@ async fn frames_concatenate_to_the_upstream_text_and_the_reply_is_stored() {
     let done: Value = serde_json::from_str(&last.1.data).unwrap();
     assert_eq!(
         done,
-        json!({"done": true, "conversation_id": "s1", "tokens_used": 18})
+        json!({"done": true, "conversation_id": "s1", "tokens_used": 18, "run_id": run})
     );
     // usage was asked for
     assert_eq!(fake.requests()[0]["stream_options"]["include_usage"], true);
@@ -257,7 +255,8 @@ async fn the_stream_opens_before_the_first_token() {
         .expect("a first byte long before the first token")
         .unwrap()
         .unwrap();
-    assert_eq!(&first[..], b": open\n\n");
+    let run = res.headers()["x-run-id"].to_str().unwrap().to_owned();
+    assert_eq!(first, format!(": open\nid: {run}-0\n\n").as_bytes());
     let rest = res.text().await.unwrap();
     assert!(rest.contains(r#""done":true"#), "{rest}");
 }

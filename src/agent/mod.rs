@@ -23,6 +23,7 @@ use crate::llm::{
     ChatChunk, ChatRequest, ChunkStream, LlmError, LlmProvider, Message, Usage, count_tokens,
     estimate_tokens,
 };
+use crate::runs::{self, NewRun, RunStatus, RunWriter, Runs};
 use crate::store::{ConversationStore, StoreError, TurnLease};
 
 pub use agents::{Agent, Agents, DEFAULT_AGENT};
@@ -59,6 +60,8 @@ pub struct ChatTurn {
     /// `STREAM_WRITE_TIMEOUT_SECS`: how long a streamed turn waits for its client to take a
     /// frame before it takes the client for gone and ends.
     pub frame_timeout: Duration,
+    /// `on_disconnect: "continue"`: a streamed turn whose client left goes on to its end.
+    pub keep_going: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -337,7 +340,24 @@ pub enum TurnEvent {
     /// The turn failed after it started; nothing was saved. The stream ends after this.
     Failed(AgentError),
 }
-pub type TurnStream = std::pin::Pin<Box<dyn futures::Stream<Item = TurnEvent> + Send>>;
+
+/// What a streamed turn's client receives: its events as they are (a turn that is not a run:
+/// the WebSocket's), or, for a run, each frame as its log holds it with its position.
+#[derive(Debug)]
+pub enum Sent {
+    Event(TurnEvent),
+    Logged { pos: u64, frame: runs::Frame },
+}
+
+pub type TurnStream = std::pin::Pin<Box<dyn futures::Stream<Item = Sent> + Send>>;
+
+/// A streamed turn, started.
+pub struct Started {
+    pub conversation_id: String,
+    /// The run's id, when the turn is a run.
+    pub run_id: Option<String>,
+    pub events: TurnStream,
+}
 
 /// How many frames a streamed turn may run ahead of its client: enough that the model's pace
 /// does not wait on each write, few enough that a client that stops reading stops the turn soon.
@@ -345,7 +365,7 @@ const FRAMES_AHEAD: usize = 8;
 
 /// What the channel carries: a box, because tokio's channel allocates its slots 32 at a time
 /// up front, and 32 boxes are 256 bytes a stream where 32 events were 1.3 KiB.
-type Frame = Box<TurnEvent>;
+type Frame = Box<Sent>;
 
 /// Starts a streamed turn. Errors before the model's first byte (unknown conversation, store,
 /// the upstream refusing the call) are returned here; later ones arrive as [`TurnEvent::Failed`].
@@ -353,9 +373,13 @@ type Frame = Box<TurnEvent>;
 /// The turn then runs in a task of its own (spawned on `runner`, so that shutdown waits for it)
 /// and feeds its events through a small bounded channel: its work does not depend on the
 /// client polling it. It ends, dropping the upstream call and the conversation, when the
-/// stream is dropped, when the client has not taken a frame for `frame_timeout`, or at
-/// `turn_timeout` (then [`LlmError::Timeout`]). The answer is appended only when the turn
-/// completes, so a failed or abandoned turn leaves the conversation as it was.
+/// stream is dropped, when the client has not taken a frame for `frame_timeout` (unless the
+/// turn goes on without its client: `keep_going`), or at `turn_timeout` (then
+/// [`LlmError::Timeout`]). The answer is appended only when the turn completes, so a failed or
+/// abandoned turn leaves the conversation as it was.
+///
+/// With `runs`, the turn is a run: every frame is logged (and sent as [`Sent::Logged`]), and
+/// `DELETE /runs/{id}` or the end of the shutdown's grace stops it.
 pub async fn stream_turn(
     llm: &Arc<dyn LlmProvider>,
     store: &dyn ConversationStore,
@@ -363,15 +387,28 @@ pub async fn stream_turn(
     agents: &Arc<Agents>,
     owner: &str,
     turn: ChatTurn,
-) -> Result<(String, TurnStream), AgentError> {
+    runs: Option<&Runs>,
+) -> Result<Started, AgentError> {
     let limits = Deadlines {
         turn: Instant::now() + turn.turn_timeout,
         turn_timeout: turn.turn_timeout,
         frame: turn.frame_timeout,
     };
+    let keep_going = turn.keep_going;
     let mut prepared = prepare(store, agents, owner, turn).await?;
-    let id = prepared.conversation_id.clone();
+    let conversation_id = prepared.conversation_id.clone();
     let (tx, rx) = mpsc::channel(FRAMES_AHEAD);
+    let run_for = |prepared: &PreparedTurn| {
+        runs.map(|runs| {
+            runs.start(NewRun {
+                owner: owner.to_owned(),
+                conversation_id: Some(prepared.conversation_id.clone()),
+                agent: prepared.agent.name.clone(),
+                task_id: None,
+            })
+        })
+    };
+    let run_id;
     if prepared.agent.has_tools() {
         // The first step's request is sent here, so that its refusal is an HTTP error.
         let messages = prepared.take_messages();
@@ -381,19 +418,29 @@ pub async fn stream_turn(
         let upstream = tokio::time::timeout_at(limits.turn, llm.stream(request))
             .await
             .map_err(|_| LlmError::Timeout(limits.turn_timeout))??;
+        let run = run_for(&prepared);
+        run_id = run.as_ref().map(|r| r.id().to_owned());
+        let sink = Sink::new(tx, run, keep_going, limits);
         let (llm, agents) = (Arc::clone(llm), Arc::clone(agents));
         runner.spawn(async move {
-            produce_loop(prepared, messages, upstream, &*llm, &agents, tx, limits).await;
+            produce_loop(prepared, messages, upstream, &*llm, &agents, sink, limits).await;
         });
     } else {
         let request = std::mem::take(&mut prepared.request);
         let upstream = tokio::time::timeout_at(limits.turn, llm.stream(request))
             .await
             .map_err(|_| LlmError::Timeout(limits.turn_timeout))??;
-        runner.spawn(produce(prepared, upstream, tx, limits));
+        let run = run_for(&prepared);
+        run_id = run.as_ref().map(|r| r.id().to_owned());
+        let sink = Sink::new(tx, run, keep_going, limits);
+        runner.spawn(produce(prepared, upstream, sink, limits));
     }
     let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(|event| *event);
-    Ok((id, Box::pin(events)))
+    Ok(Started {
+        conversation_id,
+        run_id,
+        events: Box::pin(events),
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -403,47 +450,174 @@ struct Deadlines {
     frame: Duration,
 }
 
-/// Hands one event to the client: false when it is gone, took no frame for the frame timeout,
+/// Hands one frame to the client: false when it is gone, took no frame for the frame timeout,
 /// or the turn's time is over.
-async fn deliver(tx: &mpsc::Sender<Frame>, event: TurnEvent, limits: Deadlines) -> bool {
+async fn deliver(tx: &mpsc::Sender<Frame>, sent: Sent, limits: Deadlines) -> bool {
     match tx.try_reserve() {
         Ok(slot) => {
-            slot.send(Box::new(event));
+            slot.send(Box::new(sent));
             true
         }
         Err(mpsc::error::TrySendError::Closed(())) => false,
         // The client is behind: only now is the clock read, for its deadline.
         Err(mpsc::error::TrySendError::Full(())) => {
             let by = (Instant::now() + limits.frame).min(limits.turn);
-            let send = tx.send(Box::new(event));
+            let send = tx.send(Box::new(sent));
             matches!(tokio::time::timeout_at(by, send).await, Ok(Ok(())))
         }
     }
 }
 
-/// The streamed turn's own task: reads the upstream, hands each piece to the client, and
-/// commits the answer at the end.
+/// Why a streamed turn stops before its end.
+enum Halt {
+    /// Its client left, and the turn does not go on without it.
+    ClientLeft,
+    /// Its run was stopped (`DELETE /runs/{id}`, a lost lease, shutdown).
+    Stopped,
+}
+
+/// Where a streamed turn's events go: its client (while it is there) and its run's log.
+struct Sink {
+    tx: Option<mpsc::Sender<Frame>>,
+    run: Option<RunWriter>,
+    /// `on_disconnect: "continue"`.
+    keep_going: bool,
+    limits: Deadlines,
+}
+
+impl Sink {
+    fn new(
+        tx: mpsc::Sender<Frame>,
+        run: Option<RunWriter>,
+        keep_going: bool,
+        limits: Deadlines,
+    ) -> Self {
+        Self {
+            tx: Some(tx),
+            run,
+            keep_going,
+            limits,
+        }
+    }
+
+    /// Sends one event; false when the turn must end (its client left, under `cancel`: then
+    /// its run is ended `cancelled`).
+    async fn send(&mut self, event: TurnEvent) -> bool {
+        let sent = match &self.run {
+            Some(run) => {
+                let frame = runs::frames::render(event, None);
+                let pos = run.push(frame.clone());
+                Sent::Logged { pos, frame }
+            }
+            None => Sent::Event(event),
+        };
+        self.deliver(sent).await
+    }
+
+    async fn deliver(&mut self, sent: Sent) -> bool {
+        let Some(tx) = &self.tx else {
+            return true;
+        };
+        if deliver(tx, sent, self.limits).await {
+            return true;
+        }
+        self.tx = None;
+        if !self.keep_going {
+            self.client_left();
+        }
+        self.keep_going
+    }
+
+    /// The turn's last event (done, or failed): the run ends with it.
+    async fn finish(&mut self, event: TurnEvent) {
+        let sent = match &self.run {
+            Some(run) => {
+                let (status, tokens) = match &event {
+                    TurnEvent::Done { tokens_used, .. } => (RunStatus::Completed, *tokens_used),
+                    _ => (RunStatus::Failed, 0),
+                };
+                let frame = runs::frames::render(event, Some(run.id()));
+                let pos = run.end(status, frame.clone(), tokens);
+                Sent::Logged { pos, frame }
+            }
+            None => Sent::Event(event),
+        };
+        self.deliver(sent).await;
+    }
+
+    /// The client left and the turn does not go on: its run is cancelled.
+    fn client_left(&self) {
+        if let Some(run) = &self.run {
+            let frame = runs::frames::error_detail("the client left; the run was cancelled");
+            run.end(RunStatus::Cancelled, frame, 0);
+        }
+    }
+
+    /// Ends the turn as `halt` says.
+    async fn halted(&mut self, halt: Halt) {
+        match halt {
+            Halt::ClientLeft => self.client_left(),
+            Halt::Stopped => {
+                if let Some(run) = &self.run {
+                    let (pos, frame) = run.end_stopped();
+                    if let Some(tx) = &self.tx {
+                        deliver(tx, Sent::Logged { pos, frame }, self.limits).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resolves when the turn must stop: its client left (unless it goes on without it), or its
+    /// run was stopped. Made once per turn: it holds what it waits on.
+    fn halt(&self) -> impl std::future::Future<Output = Halt> + Send + 'static {
+        let gone = self.tx.clone().filter(|_| !self.keep_going);
+        let stop = self.run.as_ref().map(RunWriter::stopped);
+        async move {
+            let gone = async {
+                match gone {
+                    Some(tx) => tx.closed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let stop = async {
+                match stop {
+                    Some(stop) => stop.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = stop => Halt::Stopped,
+                () = gone => Halt::ClientLeft,
+            }
+        }
+    }
+}
+
+/// The streamed turn's own task: reads the upstream, hands each piece to the client (and the
+/// run's log), and commits the answer at the end.
 async fn produce(
     mut prepared: PreparedTurn,
     mut upstream: ChunkStream,
-    tx: mpsc::Sender<Frame>,
+    mut sink: Sink,
     limits: Deadlines,
 ) {
     let mut answer = String::new();
     let mut usage = None;
     // Made once: a timer or a waiter registered per chunk would cost every stream.
-    let gone = tx.closed();
+    let halt = sink.halt();
     let over = tokio::time::sleep_until(limits.turn);
-    tokio::pin!(gone, over);
+    tokio::pin!(halt, over);
     loop {
         let next = tokio::select! {
             biased;
-            // The client left: the turn is cancelled (the upstream call and the lease drop).
-            () = &mut gone => return,
+            // The client left, or the run was stopped: the turn is cancelled (the upstream
+            // call and the lease drop).
+            why = &mut halt => return sink.halted(why).await,
             () = &mut over => {
                 let timeout = LlmError::Timeout(limits.turn_timeout);
-                let _ = tx.try_send(Box::new(TurnEvent::Failed(timeout.into())));
-                return;
+                return sink.finish(TurnEvent::Failed(timeout.into())).await;
             }
             next = upstream.next() => next,
         };
@@ -454,15 +628,12 @@ async fn produce(
                 usage = u.or(usage);
                 if !delta.is_empty() {
                     answer.push_str(&delta);
-                    if !deliver(&tx, TurnEvent::Delta(delta), limits).await {
+                    if !sink.send(TurnEvent::Delta(delta)).await {
                         return;
                     }
                 }
             }
-            Some(Err(e)) => {
-                deliver(&tx, TurnEvent::Failed(e.into()), limits).await;
-                return;
-            }
+            Some(Err(e)) => return sink.finish(TurnEvent::Failed(e.into())).await,
             None => {
                 let tokens_used = tokens(usage, &prepared, &answer);
                 prepared
@@ -483,26 +654,19 @@ async fn produce(
                     },
                     Err(e) => TurnEvent::Failed(e.into()),
                 };
-                deliver(&tx, event, limits).await;
-                return;
+                return sink.finish(event).await;
             }
         }
     }
 }
 
-/// A streamed client, as the driver sees it.
-struct Channel<'a> {
-    tx: &'a mpsc::Sender<Frame>,
-    limits: Deadlines,
-}
-
 #[async_trait::async_trait]
-impl driver::Events for Channel<'_> {
+impl driver::Events for Sink {
     fn streamed(&self) -> bool {
         true
     }
     async fn send(&mut self, event: TurnEvent) -> bool {
-        deliver(self.tx, event, self.limits).await
+        Sink::send(self, event).await
     }
 }
 
@@ -514,25 +678,28 @@ async fn produce_loop(
     first: ChunkStream,
     llm: &dyn LlmProvider,
     agents: &Agents,
-    tx: mpsc::Sender<Frame>,
+    mut sink: Sink,
     limits: Deadlines,
 ) {
+    let halt = sink.halt();
     let outcome = {
         let drive = prepared.drive(llm, agents, limits.turn, limits.turn_timeout);
-        let mut channel = Channel { tx: &tx, limits };
-        let run = drive.run(messages, Some(first), &mut channel);
+        let run = drive.run(messages, Some(first), &mut sink);
         tokio::select! {
             biased;
-            // The client left: the turn is cancelled (model call, tool calls, the lease).
-            () = tx.closed() => return,
-            () = tokio::time::sleep_until(limits.turn) => Err(LlmError::Timeout(limits.turn_timeout).into()),
-            done = run => done,
+            // The client left, or the run was stopped: the turn is cancelled (model call, tool
+            // calls, the lease).
+            why = halt => Err(why),
+            () = tokio::time::sleep_until(limits.turn) => Ok(Err(LlmError::Timeout(limits.turn_timeout).into())),
+            done = run => Ok(done),
         }
     };
     let event = match outcome {
-        Err(AgentError::Gone) => return,
-        Err(e) => TurnEvent::Failed(e),
-        Ok(done) => match prepared.commit_loop(done).await {
+        Err(why) => return sink.halted(why).await,
+        // The client is gone (its run ended `cancelled` as it left).
+        Ok(Err(AgentError::Gone)) => return,
+        Ok(Err(e)) => TurnEvent::Failed(e),
+        Ok(Ok(done)) => match prepared.commit_loop(done).await {
             Ok(out) => TurnEvent::Done {
                 conversation_id: out.conversation_id,
                 tokens_used: out.tokens_used,
@@ -541,7 +708,7 @@ async fn produce_loop(
             Err(e) => TurnEvent::Failed(e),
         },
     };
-    deliver(&tx, event, limits).await;
+    sink.finish(event).await;
 }
 
 #[cfg(test)]

@@ -14,10 +14,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{AgentError, Agents};
-use crate::llm::{ChatRequest, LlmProvider, Message};
+use super::{AgentError, Agents, TurnEvent};
+use crate::llm::{ChatRequest, LlmProvider, Message, count_tokens};
 use crate::metrics::{Metrics, StateLabels};
-use crate::store::{QueueEntry, Task, TaskQueue, TaskStatus, TaskStore};
+use crate::runs::{NewRun, RunStatus, RunWriter, Runs, frames};
+use crate::store::{QueueEntry, Task, TaskChange, TaskQueue, TaskStatus, TaskStore};
 
 #[derive(Debug, Clone)]
 pub struct RunnerLimits {
@@ -49,6 +50,8 @@ struct Inner {
     shutdown: CancellationToken,
     /// The queue: this process's own, or the one shared by every replica.
     queue: Arc<dyn TaskQueue>,
+    /// Every task is a run: its events go to its log.
+    runs: Runs,
 }
 
 /// What a task asks of the model.
@@ -69,6 +72,7 @@ impl TaskRunner {
         metrics: Arc<Metrics>,
         limits: RunnerLimits,
         queue: Arc<dyn TaskQueue>,
+        runs: Runs,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -81,8 +85,9 @@ impl TaskRunner {
                 tracker: TaskTracker::new(),
                 cancels: DashMap::new(),
                 draining: CancellationToken::new(),
-                shutdown: CancellationToken::new(),
+                shutdown: runs.shutdown_token(),
                 queue,
+                runs,
             }),
         }
     }
@@ -133,6 +138,7 @@ impl TaskRunner {
             completed_at: None,
             agent: new.agent,
             tool_calls: None,
+            run_id: None,
         };
         if inner.queue.waiting().await? >= inner.limits.queue_size {
             return Err(queue_full(inner.limits.queue_size));
@@ -163,21 +169,73 @@ impl TaskRunner {
                 return Outcome::Unrecorded;
             }
         };
+        // Its run: its events as they come, for `GET /task/{id}/events`.
+        let run = inner.runs.start(NewRun {
+            owner: task.owner.clone(),
+            conversation_id: None,
+            agent: task
+                .agent
+                .clone()
+                .unwrap_or_else(|| super::DEFAULT_AGENT.to_owned()),
+            task_id: Some(id.to_owned()),
+        });
         let unfinished = [TaskStatus::Pending, TaskStatus::Running];
+        let change = TaskChange {
+            run_id: Some(run.id().to_owned()),
+            ..TaskChange::default()
+        };
         let started = inner
             .tasks
-            .transition(id, &unfinished, TaskStatus::Running, None)
+            .transition_with(id, &unfinished, TaskStatus::Running, change)
             .await;
-        let (status, result, calls) = match started {
-            Ok(Some(_)) => match self.execute(&task, token).await {
+        let end = match started {
+            Ok(Some(_)) => match self.execute(&task, token, &run).await {
                 Some(end) => end,
-                None => return self.stopped(id).await,
+                None => {
+                    run.end_stopped();
+                    return self.stopped(id).await;
+                }
             },
             // Cancelled (or finished) before it started.
-            Ok(None) => return Outcome::Recorded,
-            Err(e) => (TaskStatus::Failed, Some(e.to_string()), None),
+            Ok(None) => {
+                let frame = frames::error_detail("the task was cancelled before it ran");
+                run.end(RunStatus::Cancelled, frame, 0);
+                return Outcome::Recorded;
+            }
+            Err(e) => Ended {
+                status: TaskStatus::Failed,
+                result: Some(e.to_string()),
+                calls: None,
+                tokens: 0,
+            },
         };
-        self.finish_with_calls(id, status, result, calls).await
+        let change = TaskChange {
+            result: end.result.clone(),
+            tool_calls: end.calls,
+            run_id: None,
+        };
+        let outcome = self.finish_with(id, end.status, change).await;
+        // The run ends after the task's record, so that a follower told `done` finds it so.
+        let (status, frame) = match end.status {
+            TaskStatus::Completed => (
+                RunStatus::Completed,
+                (
+                    None,
+                    serde_json::json!({"done": true, "task_id": id, "result": end.result, "run_id": run.id()})
+                        .to_string(),
+                ),
+            ),
+            TaskStatus::Cancelled => (
+                RunStatus::Cancelled,
+                frames::error_detail("the task was cancelled"),
+            ),
+            _ => (
+                RunStatus::Failed,
+                frames::error_detail(end.result.as_deref().unwrap_or("the task failed")),
+            ),
+        };
+        run.end(status, frame, end.tokens);
+        outcome
     }
 
     /// A task stopped by the end of the shutdown's grace: with the shared queue it goes back
@@ -202,23 +260,21 @@ impl TaskRunner {
     /// Records a task's end, unless it ended already (cancelled meanwhile). A failed write is
     /// tried again a few times (the queue entry stays unacknowledged until it succeeds).
     async fn finish(&self, id: &str, status: TaskStatus, result: Option<String>) -> Outcome {
-        self.finish_with_calls(id, status, result, None).await
+        let change = TaskChange {
+            result,
+            ..TaskChange::default()
+        };
+        self.finish_with(id, status, change).await
     }
 
-    async fn finish_with_calls(
-        &self,
-        id: &str,
-        status: TaskStatus,
-        result: Option<String>,
-        calls: Option<String>,
-    ) -> Outcome {
+    async fn finish_with(&self, id: &str, status: TaskStatus, change: TaskChange) -> Outcome {
         let inner = &self.inner;
         let from = [TaskStatus::Pending, TaskStatus::Running];
         let mut pause = Duration::from_millis(200);
         for attempt in 1..=3 {
             match inner
                 .tasks
-                .transition_with_calls(id, &from, status, result.clone(), calls.clone())
+                .transition_with(id, &from, status, change.clone())
                 .await
             {
                 Ok(Some(_)) => {
@@ -269,6 +325,8 @@ impl TaskRunner {
                             if let Some(token) = runner.inner.cancels.get(&id) {
                                 token.cancel();
                             }
+                            // The same channel carries `DELETE /runs/{id}` to the run's producer.
+                            runner.inner.runs.cancel_here(&id);
                         }
                         tracing::warn!("cancellation channel lost; reconnecting");
                     }
@@ -358,18 +416,19 @@ impl TaskRunner {
         inner.cancels.remove(&entry.task_id);
     }
 
-    /// Runs a task's turn: `None` when stopped by the end of the shutdown's grace; else its
-    /// final state, result, and its tool calls (JSON text) when its agent called any.
+    /// Runs a task's turn, its events going to its run: `None` when stopped by the end of the
+    /// shutdown's grace; else how it ended.
     async fn execute(
         &self,
         task: &Task,
         token: &CancellationToken,
-    ) -> Option<(TaskStatus, Option<String>, Option<String>)> {
+        log: &RunWriter,
+    ) -> Option<Ended> {
         let inner = &self.inner;
         let name = task.agent.as_deref().unwrap_or(super::DEFAULT_AGENT);
         let Some(agent) = inner.agents.get(name).cloned() else {
             let why = format!("the agent `{name}` is no longer configured");
-            return Some((TaskStatus::Failed, Some(why), None));
+            return Some(Ended::failed(why));
         };
         let system = agent.instructions.clone().unwrap_or_else(|| {
             format!(
@@ -389,9 +448,20 @@ impl TaskRunner {
         let limit = inner.limits.timeout;
         let run = async {
             if !agent.has_tools() {
+                let sent: u64 = messages.iter().map(|m| count_tokens(&m.content)).sum();
                 req.messages = crate::llm::Messages::Turn(messages);
-                let done = inner.llm.complete(req).await?;
-                return Ok::<_, AgentError>((done.content, None));
+                let mut upstream = inner.llm.stream(req).await?;
+                let (mut text, mut usage) = (String::new(), None);
+                while let Some(chunk) = upstream.next().await {
+                    let chunk = chunk?;
+                    usage = chunk.usage.or(usage);
+                    if !chunk.delta.is_empty() {
+                        text.push_str(&chunk.delta);
+                        log.push(frames::render(TurnEvent::Delta(chunk.delta), None));
+                    }
+                }
+                let tokens = usage.map_or_else(|| sent + count_tokens(&text), |u| u.total_tokens);
+                return Ok::<_, AgentError>((text, None, tokens));
             }
             let deadline = tokio::time::Instant::now() + limit;
             let agents = &inner.agents;
@@ -403,9 +473,7 @@ impl TaskRunner {
                 deadline,
                 limit,
             );
-            let done = drive
-                .run(messages, None, &mut super::driver::NoEvents)
-                .await?;
+            let done = drive.run(messages, None, &mut ToLog(log)).await?;
             let calls: Vec<super::ToolCallView> = done
                 .calls
                 .iter()
@@ -413,20 +481,27 @@ impl TaskRunner {
                 .collect();
             let calls =
                 (!calls.is_empty()).then(|| serde_json::to_string(&calls).unwrap_or_default());
-            Ok((done.response, calls))
+            Ok((done.response, calls, done.tokens_used))
+        };
+        // Cancelled through `DELETE /task/{id}`, or `DELETE /runs/{id}` of its run.
+        let cancelled = async {
+            tokio::select! {
+                () = token.cancelled() => {}
+                () = log.stopped() => {}
+            }
         };
         // `None`: stopped by the end of the shutdown's grace.
         Some(tokio::select! {
-            _ = token.cancelled() => {
+            () = cancelled => {
                 if inner.shutdown.is_cancelled() {
                     return None;
                 }
-                (TaskStatus::Cancelled, None, None)
+                Ended { status: TaskStatus::Cancelled, result: None, calls: None, tokens: 0 }
             }
             res = tokio::time::timeout(limit, run) => match res {
-                Ok(Ok((text, calls))) => (TaskStatus::Completed, Some(text), calls),
-                Ok(Err(e)) => (TaskStatus::Failed, Some(e.to_string()), None),
-                Err(_) => (TaskStatus::Failed, Some(format!("the task took longer than {}s", limit.as_secs())), None),
+                Ok(Ok((text, calls, tokens))) => Ended { status: TaskStatus::Completed, result: Some(text), calls, tokens },
+                Ok(Err(e)) => Ended::failed(e.to_string()),
+                Err(_) => Ended::failed(format!("the task took longer than {}s", limit.as_secs())),
             }
         })
     }
@@ -496,6 +571,40 @@ impl TaskRunner {
     /// Waits for every spawned job to end (after [`TaskRunner::stop`]).
     pub async fn wait(&self) {
         self.inner.tracker.wait().await;
+    }
+}
+
+/// How a task's turn ended.
+struct Ended {
+    status: TaskStatus,
+    result: Option<String>,
+    /// Its tool calls (JSON text), when its agent called any.
+    calls: Option<String>,
+    tokens: u64,
+}
+
+impl Ended {
+    fn failed(why: String) -> Self {
+        Self {
+            status: TaskStatus::Failed,
+            result: Some(why),
+            calls: None,
+            tokens: 0,
+        }
+    }
+}
+
+/// A task's agent loop, as the driver sees it: every event goes to the task's run.
+struct ToLog<'a>(&'a RunWriter);
+
+#[async_trait::async_trait]
+impl super::driver::Events for ToLog<'_> {
+    fn streamed(&self) -> bool {
+        true
+    }
+    async fn send(&mut self, event: TurnEvent) -> bool {
+        self.0.push(frames::render(event, None));
+        true
     }
 }
 

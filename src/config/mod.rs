@@ -106,6 +106,7 @@ pub struct ConfigError {
 /// | `WS_PING_SECS` / `WS_IDLE_TIMEOUT_SECS` / `WS_MAX_MESSAGE_BYTES` / `WS_MAX_FRAMES_PER_MINUTE` | `20` / `300` / `65536` / `600` |
 /// | `CORS_ORIGINS` | unset (no cross-origin access) |
 /// | `AGENTS_FILE` / `TOOL_RESULT_MAX_BYTES` | `agents.toml` (if present) / `65536` |
+/// | `RUN_TTL_SECS` / `RUN_LOG_MAX_BYTES` / `RUN_LOGS_MAX_MIB` | `600` / `1048576` / `256` |
 /// | `ECHO_DELAY_MS` | `15` (pause between the echo provider's chunks) |
 /// | `RUST_LOG` / `LOG_FORMAT` | `info` / `pretty` |
 #[derive(Debug, Clone)]
@@ -114,6 +115,13 @@ pub struct Config {
     pub agents: std::sync::Arc<AgentsFile>,
     /// `TOOL_RESULT_MAX_BYTES`: a tool result is cut to this many bytes.
     pub tool_result_max_bytes: usize,
+    /// `RUN_TTL_SECS`: how long a run's log is kept after it ends.
+    pub run_ttl: Duration,
+    /// `RUN_LOG_MAX_BYTES`: one run's log; past it the oldest events are dropped.
+    pub run_log_max_bytes: usize,
+    /// `RUN_LOGS_MAX_MIB`, in bytes: every log this process holds; past it the oldest ended
+    /// runs are dropped before their TTL.
+    pub run_logs_max_bytes: usize,
     pub addr: SocketAddr,
     pub provider: ProviderKind,
     pub openai_api_key: Option<Secret>,
@@ -384,6 +392,9 @@ impl Config {
         let cfg = Config {
             agents: Default::default(),
             tool_result_max_bytes: count(&get, "TOOL_RESULT_MAX_BYTES", 65_536)?,
+            run_ttl: secs(&get, "RUN_TTL_SECS", 600)?,
+            run_log_max_bytes: count(&get, "RUN_LOG_MAX_BYTES", 1 << 20)?,
+            run_logs_max_bytes: count(&get, "RUN_LOGS_MAX_MIB", 256)?.saturating_mul(1 << 20),
             addr: SocketAddr::new(host, port),
             provider,
             openai_api_key,

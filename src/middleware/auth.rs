@@ -116,9 +116,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// Where a query-string key is accepted.
+/// Where a query-string key is accepted: what a browser's `EventSource` or `WebSocket` opens.
 fn query_key_allowed(method: &Method, path: &str) -> bool {
-    (method == Method::GET && path == "/chat/stream") || path.starts_with("/ws/")
+    let event_source = path == "/chat/stream"
+        || (path.ends_with("/events")
+            && (path.starts_with("/runs/") || path.starts_with("/task/")));
+    (method == Method::GET && event_source) || path.starts_with("/ws/")
 }
 
 fn header_key(headers: &HeaderMap) -> Option<&str> {

@@ -75,6 +75,22 @@ pub struct ChatInput {
     #[serde(default)]
     #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub agent: Option<String>,
+    /// A streamed turn whose client leaves: `cancel` (the default: the run is cancelled, the
+    /// conversation unchanged) or `continue` (the run goes on to its end, its reply is kept, and
+    /// `GET /runs/{run_id}/events` re-attaches). `POST /chat` and `/ws` check it but their
+    /// turns are not runs.
+    #[serde(default)]
+    #[schema(value_type = Option<OnDisconnect>)]
+    pub on_disconnect: Option<String>,
+}
+
+/// The values of `on_disconnect` (read as text, like `if_busy`).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code, reason = "documents the field's values")]
+pub enum OnDisconnect {
+    Cancel,
+    Continue,
 }
 
 /// The values of `if_busy` (for the document; the field is read as text so that a bad value is
@@ -215,6 +231,18 @@ impl ChatInput {
                 config.turn_wait
             }
         };
+        let keep_going = match self.on_disconnect.as_deref() {
+            None | Some("cancel") => false,
+            Some("continue") => true,
+            Some(_) => {
+                errors.push(FieldError {
+                    loc: vec![json!(root), json!("on_disconnect")],
+                    msg: "Input should be 'cancel' or 'continue'".into(),
+                    kind: "enum".into(),
+                });
+                false
+            }
+        };
         if !errors.is_empty() {
             return Err(ApiError::Validation(errors));
         }
@@ -232,6 +260,7 @@ impl ChatInput {
             turn_wait,
             turn_timeout: config.turn_timeout,
             frame_timeout: config.stream_write_timeout,
+            keep_going,
         })
     }
 }
@@ -257,6 +286,8 @@ pub struct ChatQuery {
     pub if_busy: Option<String>,
     #[param(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub agent: Option<String>,
+    #[param(value_type = Option<OnDisconnect>)]
+    pub on_disconnect: Option<String>,
 }
 
 impl ChatQuery {
@@ -294,6 +325,7 @@ impl ChatQuery {
             model: self.model,
             if_busy: self.if_busy,
             agent: self.agent,
+            on_disconnect: self.on_disconnect,
         };
         if errors.is_empty() {
             Ok(input)

@@ -9,6 +9,7 @@ pub mod conversations;
 pub mod health;
 pub mod openai;
 pub mod page;
+pub mod runs;
 pub mod stream;
 pub mod tasks;
 pub mod ws;
@@ -45,6 +46,9 @@ pub const ROUTES: &[Route] = &[
     route("/task", &["POST"]),
     route("/tasks", &["GET"]),
     route("/task/{task_id}", &["GET", "DELETE"]),
+    route("/task/{task_id}/events", &["GET"]),
+    route("/runs/{run_id}", &["GET", "DELETE"]),
+    route("/runs/{run_id}/events", &["GET"]),
     route("/ws/{client_id}", &["GET"]),
     route("/agents", &["GET"]),
     route("/agents/{name}", &["GET"]),
@@ -72,6 +76,9 @@ fn handlers(path: &str) -> MethodRouter<AppState> {
         "/task" => post(tasks::create_task),
         "/tasks" => get(tasks::list_tasks),
         "/task/{task_id}" => get(tasks::get_task).delete(tasks::cancel_task),
+        "/task/{task_id}/events" => get(tasks::task_events),
+        "/runs/{run_id}" => get(runs::get_run).delete(runs::cancel_run),
+        "/runs/{run_id}/events" => get(runs::run_events),
         "/ws/{client_id}" => get(ws::connect),
         "/agents" => get(agents::list_agents),
         "/agents/{name}" => get(agents::get_agent),

@@ -8,17 +8,22 @@
 //! `STREAM_WRITE_TIMEOUT_SECS`) drops the stream, which cancels the turn and its upstream call
 //! and leaves the conversation as it was. A stream still open when the shutdown's grace is over
 //! ends with `event: error` `{"detail": "server shutting down", "retryable": true}`.
+//!
+//! Every such stream is a run (`X-Run-Id`; [`crate::runs`]): each event's `id:` names the run
+//! and the position after it, so that `GET /runs/{id}/events` and an `EventSource`'s reconnect
+//! (`GET /chat/stream` with `Last-Event-ID`) replay it; with `on_disconnect: "continue"` the
+//! turn goes on without its client.
 
 use std::convert::Infallible;
 
 use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use serde_json::json;
 
-use crate::agent::{self, ChatTurn, TurnEvent};
+use crate::agent::{self, ChatTurn, Sent};
 use crate::error::ApiError;
 use crate::extract::{AppJson, AppQuery};
 use crate::metrics::GaugeGuard;
@@ -26,6 +31,7 @@ use crate::middleware::auth::Caller;
 use crate::middleware::streams::StreamPermit;
 use crate::openapi::{DetailError, ModelCallErrors, SseEvent};
 use crate::routes::chat::{ChatInput, ChatQuery};
+use crate::runs::{LogEvent, event_id, parse_event_id};
 use crate::state::AppState;
 
 #[utoipa::path(post, path = "/chat/stream", tag = "chat", request_body = ChatInput,
@@ -48,8 +54,12 @@ pub async fn stream_chat(
 pub async fn stream_chat_get(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     AppQuery(query): AppQuery<ChatQuery>,
 ) -> Result<Response, ApiError> {
+    if let Some(last) = headers.get("last-event-id") {
+        return resume(state, caller, last.to_str().unwrap_or_default()).await;
+    }
     let turn = query
         .into_input()?
         .validate(&state.config, &state.agents, "query")?;
@@ -58,23 +68,65 @@ pub async fn stream_chat_get(
 
 async fn start(state: AppState, caller: Caller, turn: ChatTurn) -> Result<Response, ApiError> {
     let permit = state.open_stream(&caller.owner).await?;
-    let (_, events) = agent::stream_turn(
+    let started = agent::stream_turn(
         &state.llm,
         state.conversations.as_ref(),
         &state.runner,
         &state.agents,
         &caller.owner,
         turn,
+        Some(&state.runs),
     )
     .await?;
+    let run_id = started.run_id.unwrap_or_default();
     // A comment first: the client has a byte as soon as the model accepted the call (an
     // OpenAI stream's first chunk carries the role, not text), and proxies see a live stream.
-    let opened = futures::stream::once(std::future::ready(Ok(Event::default().comment("open"))));
-    Ok(sse_response(
-        &state,
-        permit,
-        opened.chain(sse_events(events)),
-    ))
+    // Its id (position 0) is an EventSource's Last-Event-ID should it drop before any event.
+    let open = Event::default().comment("open").id(event_id(&run_id, 0));
+    let opened = futures::stream::once(std::future::ready(Ok(open)));
+    let events = sse_events(run_id.clone(), started.events);
+    let mut res = sse_response(&state, permit, opened.chain(events));
+    set_run_id(&mut res, &run_id);
+    Ok(res)
+}
+
+/// `GET /chat/stream` with `Last-Event-ID`: an `EventSource` reconnecting. It resumes the run
+/// the id names, and never starts a turn: a run that has ended there, or an id that names no
+/// run of the caller's, is answered 204 (which stops an `EventSource`).
+async fn resume(state: AppState, caller: Caller, last: &str) -> Result<Response, ApiError> {
+    let Some((run_id, pos)) = parse_event_id(last) else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    match crate::routes::runs::follow(&state, &caller, run_id, pos).await {
+        Err(ApiError::NotFound { .. }) => Ok(StatusCode::NO_CONTENT.into_response()),
+        other => other,
+    }
+}
+
+/// The `X-Run-Id` header.
+pub fn set_run_id(res: &mut Response, run_id: &str) {
+    if let Ok(v) = HeaderValue::from_str(run_id) {
+        res.headers_mut().insert(X_RUN_ID, v);
+    }
+}
+
+const X_RUN_ID: HeaderName = HeaderName::from_static("x-run-id");
+
+/// A run's logged frames as SSE events, each with its id.
+pub fn run_frames(
+    run_id: String,
+    events: impl Stream<Item = LogEvent> + Send + 'static,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    events.map(move |e| Ok(sse_event(&run_id, e.seq + 1, e.event, &e.data)))
+}
+
+fn sse_event(run_id: &str, pos: u64, name: Option<&str>, data: &str) -> Event {
+    let event = Event::default().id(event_id(run_id, pos));
+    match name {
+        Some(name) => event.event(name),
+        None => event,
+    }
+    .data(data)
 }
 
 /// Tells nginx-style proxies not to buffer the stream.
@@ -128,71 +180,19 @@ fn until_stopped(
     })
 }
 
-/// Turns the domain's events into SSE frames, each with an increasing `id:`.
-pub fn sse_events(
-    events: impl Stream<Item = TurnEvent> + Send + 'static,
+/// A run's frames, as its producer sends them, as SSE events with their ids.
+fn sse_events(
+    run_id: String,
+    events: impl Stream<Item = Sent> + Send + 'static,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
-    events
-        .enumerate()
-        .map(|(i, event)| Ok(frame(event).id(i.to_string())))
-}
-
-/// One frame: the pure part of the stream, tested below.
-pub fn frame(event: TurnEvent) -> Event {
-    match event {
-        TurnEvent::Delta(text) => Event::default().data(json!({ "content": text }).to_string()),
-        // Serialized from the struct, in its field order (id, name, ...).
-        TurnEvent::ToolCall(call) => Event::default()
-            .event("tool_call")
-            .data(serde_json::to_string(&call).unwrap_or_default()),
-        TurnEvent::ToolResult(result) => Event::default()
-            .event("tool_result")
-            .data(serde_json::to_string(&result).unwrap_or_default()),
-        done @ TurnEvent::Done { .. } => Event::default().data(done_json(done).to_string()),
-        TurnEvent::Failed(e) => Event::default()
-            .event("error")
-            .data(ApiError::from(e).detail_body().to_string()),
-    }
-}
-
-/// The done frame (SSE and WebSocket alike): `steps` only for an agent's loop, so that the
-/// tutorial's frame is unchanged.
-pub fn done_json(event: TurnEvent) -> serde_json::Value {
-    let TurnEvent::Done {
-        conversation_id,
-        tokens_used,
-        steps,
-    } = event
-    else {
-        return json!({});
-    };
-    let mut v =
-        json!({"done": true, "conversation_id": conversation_id, "tokens_used": tokens_used});
-    if let Some(steps) = steps {
-        v["steps"] = json!(steps);
-    }
-    v
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::agent::AgentError;
-    use crate::llm::LlmError;
-
-    fn text(e: Event) -> String {
-        // Event implements no Display; render it through the SSE body it would produce.
-        format!("{e:?}")
-    }
-
-    #[test]
-    fn frames() {
-        let d = text(frame(TurnEvent::Delta("Hel".into())));
-        assert!(d.contains(r#"{\"content\":\"Hel\"}"#), "{d}");
-        let e = text(frame(TurnEvent::Failed(AgentError::Llm(
-            LlmError::Incomplete,
-        ))));
-        assert!(e.contains("error"), "{e}");
-        assert!(e.contains("detail"), "{e}");
-    }
+    events.filter_map(move |sent| {
+        std::future::ready(match sent {
+            Sent::Logged {
+                pos,
+                frame: (name, data),
+            } => Some(Ok(sse_event(&run_id, pos, name, &data))),
+            // Not sent for a run.
+            Sent::Event(_) => None,
+        })
+    })
 }

@@ -1,9 +1,16 @@
-//! `POST /task`, `GET`/`DELETE /task/{task_id}` and `GET /tasks`.
+//! `POST /task`, `GET`/`DELETE /task/{task_id}`, `GET /task/{task_id}/events` and `GET /tasks`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::response::sse::Event;
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::runner::NewTask;
@@ -12,9 +19,12 @@ use crate::config::Config;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{AppJson, AppQuery};
 use crate::middleware::auth::Caller;
-use crate::openapi::{DetailError, ModelCallErrors, RecordErrors, ValidationError};
+use crate::openapi::{DetailError, ModelCallErrors, RecordErrors, SseEvent, ValidationError};
 use crate::routes::chat::model_error;
 use crate::routes::conversations::ListQuery;
+use crate::routes::runs::EventsQuery;
+use crate::routes::stream::{run_frames, sse_response};
+use crate::runs::{Follow, frames, parse_event_id};
 use crate::state::AppState;
 use crate::store::{Task, TaskStatus};
 
@@ -50,6 +60,10 @@ pub struct TaskResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<ToolCallView>>)]
     pub tool_calls: Option<serde_json::Value>,
+    /// Its run, once it has started (`GET /task/{id}/events`, `GET /runs/{run_id}`); absent
+    /// before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 impl From<Task> for TaskResponse {
@@ -62,6 +76,7 @@ impl From<Task> for TaskResponse {
             completed_at: t.completed_at,
             agent: t.agent,
             tool_calls: t.tool_calls.and_then(|c| serde_json::from_str(&c).ok()),
+            run_id: t.run_id,
         }
     }
 }
@@ -198,4 +213,88 @@ pub async fn list_tasks(
         count: tasks.len(),
         tasks,
     }))
+}
+
+/// How often `GET /task/{id}/events` looks for the run of a task that has not started.
+const START_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+#[utoipa::path(get, path = "/task/{task_id}/events", tag = "tasks",
+    params(("task_id" = String, Path), EventsQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "An event id of the task's run: replay what came after it")),
+    responses((status = 200, description = "The task's run: `data: {\"content\"}` frames as the model writes (and an agent's `tool_call` / `tool_result` events), then `data: {\"done\": true, \"task_id\", \"result\", \"run_id\"}`, or `event: error` (failed, cancelled, interrupted). A task still pending: the stream waits for it to start", content_type = "text/event-stream", body = SseEvent),
+        (status = 204, description = "The position is the run's terminal event"),
+        (status = 400, description = "The id is not one of the task's run's", body = DetailError),
+        (status = 410, description = "The events after this position were dropped", body = DetailError),
+        RecordErrors),
+    security(("api_key" = []), ("bearer" = []), ("api_key_query" = [])))]
+pub async fn task_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(task_id): Path<String>,
+    headers: HeaderMap,
+    AppQuery(query): AppQuery<EventsQuery>,
+) -> Result<Response, ApiError> {
+    let task = state
+        .tasks
+        .get(Some(&caller.owner), &task_id)
+        .await?
+        .ok_or(ApiError::NotFound { kind: "task" })?;
+    let last = headers
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap_or("?").to_owned())
+        .or(query.after);
+    if let Some(last) = last {
+        let Some((run, pos)) =
+            parse_event_id(&last).filter(|(run, _)| task.run_id.as_deref() == Some(*run))
+        else {
+            return Err(ApiError::BadRequest(
+                "the event id is not one of this task's run's".into(),
+            ));
+        };
+        return crate::routes::runs::follow(&state, &caller, run, pos).await;
+    }
+    if let Some(run_id) = task.run_id.as_deref() {
+        return crate::routes::runs::follow(&state, &caller, run_id, 0).await;
+    }
+    // Not started: open the stream now, and follow the run once there is one.
+    let permit = state.open_stream(&caller.owner).await?;
+    let (tasks, runs, owner) = (
+        Arc::clone(&state.tasks),
+        state.runs.clone(),
+        caller.owner.clone(),
+    );
+    let events = futures::stream::once(async move {
+        loop {
+            match tasks.get(Some(&owner), &task_id).await {
+                Ok(Some(Task {
+                    run_id: Some(run_id),
+                    ..
+                })) => {
+                    return match runs.follow(&owner, &run_id, 0).await {
+                        Ok(Follow::Events(events)) => run_frames(run_id, events).boxed(),
+                        Ok(Follow::AtEnd) => futures::stream::empty().boxed(),
+                        Err(e) => error_event(&ApiError::from(e)),
+                    };
+                }
+                Ok(Some(t)) if t.status.is_final() => {
+                    let e = ApiError::NotFound {
+                        kind: "run of the task (it ended before it ran)",
+                    };
+                    return error_event(&e);
+                }
+                Ok(Some(_)) => tokio::time::sleep(START_POLL).await,
+                Ok(None) => return error_event(&ApiError::NotFound { kind: "task" }),
+                Err(e) => return error_event(&ApiError::Store(e)),
+            }
+        }
+    })
+    .flatten();
+    Ok(sse_response(&state, permit, events))
+}
+
+/// One `event: error` frame (no id: it is not one of a run's).
+fn error_event(e: &ApiError) -> BoxStream<'static, Result<Event, Infallible>> {
+    let (name, data) = frames::error(e);
+    let event = Event::default().event(name.unwrap_or("error")).data(data);
+    futures::stream::once(std::future::ready(Ok(event))).boxed()
 }

@@ -334,10 +334,20 @@ impl Session {
                     &state.agents,
                     &owner,
                     turn,
+                    None,
                 )
                 .await
                 {
-                    Ok((_, events)) => events.map(event_json).boxed(),
+                    Ok(started) => started
+                        .events
+                        .filter_map(|sent| {
+                            std::future::ready(match sent {
+                                agent::Sent::Event(e) => Some(event_json(e)),
+                                // Not sent for a turn that is not a run.
+                                agent::Sent::Logged { .. } => None,
+                            })
+                        })
+                        .boxed(),
                     Err(e) => futures::stream::once(async move {
                         json!({"error": ApiError::from(e).message()})
                     })
@@ -381,7 +391,7 @@ fn event_json(event: TurnEvent) -> Value {
         TurnEvent::Delta(content) => json!({ "content": content }),
         TurnEvent::ToolCall(call) => json!({ "tool_call": call }),
         TurnEvent::ToolResult(result) => json!({ "tool_result": result }),
-        done @ TurnEvent::Done { .. } => crate::routes::stream::done_json(done),
+        done @ TurnEvent::Done { .. } => crate::runs::frames::done_json(done),
         TurnEvent::Failed(e) => json!({"error": ApiError::from(e).message()}),
     }
 }

@@ -2,7 +2,7 @@
 //! in order with their positions, bounded in bytes (`RUN_LOG_MAX_BYTES`: past it the oldest
 //! are dropped), ending with exactly one terminal event; a replay from any position still held.
 //! No I/O and no clock: the stores keep it (memory) or mirror it (Redis), and the stream routes
-//! follow it. Groundwork for issue 17; not wired to any route yet.
+//! follow it.
 
 use std::collections::VecDeque;
 
@@ -104,25 +104,35 @@ impl RunLog {
         self.bytes
     }
 
-    /// The events after position `after` (`None`: from the start), as held.
-    pub fn after(&self, after: Option<u64>) -> Result<Vec<LogEvent>, ReplayError> {
-        let from = match after {
-            None => 0,
-            Some(seq) if seq >= self.next => return Err(ReplayError::Unknown),
-            Some(seq) => seq + 1,
-        };
-        let first = self.events.front().map_or(self.next, |e| e.seq);
-        if from < first {
+    /// The position after the last event (the next event's `seq`).
+    pub fn next(&self) -> u64 {
+        self.next
+    }
+
+    /// The first position still held.
+    pub fn first(&self) -> u64 {
+        self.events.front().map_or(self.next, |e| e.seq)
+    }
+
+    /// The events from position `pos` on (an event at `seq` ends at position `seq + 1`, so a
+    /// client that has seen it asks for `seq + 1`; `0` is the start), as held.
+    pub fn from(&self, pos: u64) -> Result<Vec<LogEvent>, ReplayError> {
+        if pos > self.next {
+            return Err(ReplayError::Unknown);
+        }
+        let first = self.first();
+        if pos < first {
             return Err(ReplayError::Gone);
         }
-        let skip = (from - first) as usize;
+        let skip = (pos - first) as usize;
         Ok(self.events.iter().skip(skip).cloned().collect())
     }
 }
 
-/// An SSE event id: opaque to clients (they echo it back), naming the run and the position.
-pub fn event_id(run_id: &str, seq: u64) -> String {
-    format!("{run_id}-{seq}")
+/// An SSE event id: opaque to clients (they echo it back), naming the run and the position
+/// after the event (the stream's opening frame names position 0: nothing seen yet).
+pub fn event_id(run_id: &str, pos: u64) -> String {
+    format!("{run_id}-{pos}")
 }
 
 /// The run and position an event id names; `None` for anything this server did not make
@@ -151,15 +161,15 @@ mod tests {
         assert_eq!(log.push(None, "a".into()), Ok(0));
         assert_eq!(log.push(Some("tool_call"), "b".into()), Ok(1));
         assert_eq!(log.end(None, "done".into()), Ok(2));
-        assert_eq!(data(&log.after(None).unwrap()), ["a", "b", "done"]);
-        assert_eq!(data(&log.after(Some(0)).unwrap()), ["b", "done"]);
-        assert_eq!(log.after(Some(0)).unwrap()[0].event, Some("tool_call"));
+        assert_eq!(data(&log.from(0).unwrap()), ["a", "b", "done"]);
+        assert_eq!(data(&log.from(1).unwrap()), ["b", "done"]);
+        assert_eq!(log.from(1).unwrap()[0].event, Some("tool_call"));
         // After the terminal event: nothing more, and nothing can be added.
-        assert!(log.after(Some(2)).unwrap().is_empty());
+        assert!(log.from(3).unwrap().is_empty());
         assert_eq!(log.terminal(), Some(2));
         assert_eq!(log.push(None, "late".into()), Err(Ended));
         assert_eq!(log.end(None, "again".into()), Err(Ended));
-        assert_eq!(log.after(Some(3)), Err(ReplayError::Unknown));
+        assert_eq!(log.from(4), Err(ReplayError::Unknown));
     }
 
     #[test]
@@ -170,14 +180,16 @@ mod tests {
         }
         assert!(log.bytes() <= 3 * (ENTRY_BYTES + 10));
         assert_eq!(
-            data(&log.after(Some(1)).unwrap()),
+            data(&log.from(2).unwrap()),
             ["0000000002", "0000000003", "0000000004"]
         );
-        assert_eq!(log.after(Some(0)), Err(ReplayError::Gone));
-        assert_eq!(log.after(None), Err(ReplayError::Gone));
+        assert_eq!(log.first(), 2);
+        assert_eq!(log.from(1), Err(ReplayError::Gone));
+        assert_eq!(log.from(0), Err(ReplayError::Gone));
         // One event larger than the bound is still kept (alone).
         log.push(None, "x".repeat(1000)).unwrap();
-        assert_eq!(log.after(Some(4)).unwrap().len(), 1);
+        assert_eq!(log.from(5).unwrap().len(), 1);
+        assert_eq!(log.first(), 5);
     }
 
     #[test]

@@ -233,6 +233,18 @@ pub struct Task {
     /// (text, so that the Redis scripts' cjson never re-encodes it: it would turn `[]` into `{}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<String>,
+    /// Its run (set when it starts running; a task taken over by another replica gets a new one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+}
+
+/// What a status change writes besides the status; `None` fields are left as they are.
+#[derive(Debug, Clone, Default)]
+pub struct TaskChange {
+    pub result: Option<String>,
+    /// The run's tool calls (JSON text).
+    pub tool_calls: Option<String>,
+    pub run_id: Option<String>,
 }
 
 #[async_trait]
@@ -252,16 +264,19 @@ pub trait TaskStore: Send + Sync + 'static {
         to: TaskStatus,
         result: Option<String>,
     ) -> Result<Option<Task>, StoreError> {
-        self.transition_with_calls(id, from, to, result, None).await
+        let change = TaskChange {
+            result,
+            ..TaskChange::default()
+        };
+        self.transition_with(id, from, to, change).await
     }
-    /// [`TaskStore::transition`] that also records the run's tool calls (JSON text).
-    async fn transition_with_calls(
+    /// [`TaskStore::transition`] that also records its run and the run's tool calls.
+    async fn transition_with(
         &self,
         id: &str,
         from: &[TaskStatus],
         to: TaskStatus,
-        result: Option<String>,
-        tool_calls: Option<String>,
+        change: TaskChange,
     ) -> Result<Option<Task>, StoreError>;
     /// Drops finished tasks older than the TTL; called periodically.
     async fn sweep(&self) {}

@@ -122,6 +122,43 @@ test("an EventSource on GET /chat/stream receives every frame through done", asy
   assert.equal(done.done, true);
   assert.equal(done.conversation_id, "es-1");
   assert.ok(done.tokens_used > 0);
-  assert.deepEqual(frames.map((f) => f.id), frames.map((_, i) => String(i)));
+  // Opaque ids naming the run and the position after each event.
+  assert.match(done.run_id, /^[0-9a-f]{32}$/);
+  assert.deepEqual(frames.map((f) => f.id), frames.map((_, i) => `${done.run_id}-${i + 1}`));
+  await page.close();
+});
+
+/** The model calls made so far (the echo provider's, as /metrics counts them). */
+async function modelCalls() {
+  const text = await (await fetch(base + "/metrics")).text();
+  return text.split("\n")
+    .filter((l) => l.startsWith("agent_api_upstream_duration_seconds_count"))
+    .reduce((n, l) => n + Number(l.split(" ").pop()), 0);
+}
+
+test("an EventSource left open after done reconnects once, is told 204, and calls the model once", async () => {
+  const page = await browser.newPage();
+  await page.goto(base + "/health");
+  const streams = [];
+  page.on("response", (r) => { if (r.url().includes("/chat/stream")) streams.push(r.status()); });
+  const before = await modelCalls();
+  // The page does what a careless client does: it never closes the EventSource.
+  const seen = await page.evaluate(async (key) => {
+    return await new Promise((resolve) => {
+      const out = { frames: 0, errors: 0, done: null };
+      const es = new EventSource(`/chat/stream?message=${encodeURIComponent("only once")}&conversation_id=es-open&api_key=${key}`);
+      window.__es = es;
+      es.onmessage = (e) => { out.frames += 1; const f = JSON.parse(e.data); if (f.done) out.done = f; };
+      es.onerror = () => { out.errors += 1; };
+      // Several of Chromium's reconnect periods (3 s each).
+      setTimeout(() => resolve({ ...out, state: es.readyState }), 9500);
+    });
+  }, KEY);
+  assert.equal(seen.done?.done, true, JSON.stringify(seen));
+  assert.equal(seen.state, 2, "the EventSource was told to stop (CLOSED)");
+  assert.deepEqual(streams, [200, 204], "one stream, then one reconnect answered 204");
+  assert.equal(await modelCalls() - before, 1, "exactly one model call");
+  const conv = await (await fetch(base + "/conversation/es-open", { headers: { "x-api-key": KEY } })).json();
+  assert.equal(conv.message_count, 3, "exactly one turn");
   await page.close();
 });

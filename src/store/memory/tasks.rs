@@ -14,7 +14,7 @@ use chrono::Utc;
 use dashmap::DashMap;
 
 use super::ByteBudget;
-use crate::store::{StoreError, StoreLimits, Task, TaskStatus, TaskStore};
+use crate::store::{StoreError, StoreLimits, Task, TaskChange, TaskStatus, TaskStore};
 
 /// What a task is charged beyond its texts.
 const TASK_BYTES: usize = 256;
@@ -154,14 +154,18 @@ impl TaskStore for MemoryTaskStore {
         Ok(out)
     }
 
-    async fn transition_with_calls(
+    async fn transition_with(
         &self,
         id: &str,
         from: &[TaskStatus],
         to: TaskStatus,
-        result: Option<String>,
-        tool_calls: Option<String>,
+        change: TaskChange,
     ) -> Result<Option<Task>, StoreError> {
+        let TaskChange {
+            result,
+            tool_calls,
+            run_id,
+        } = change;
         let Some(mut task) = self.map.get_mut(id) else {
             return Ok(None);
         };
@@ -175,6 +179,9 @@ impl TaskStore for MemoryTaskStore {
         }
         if tool_calls.is_some() {
             task.tool_calls = tool_calls;
+        }
+        if run_id.is_some() {
+            task.run_id = run_id;
         }
         if to.is_final() {
             task.completed_at = Some(Utc::now());
@@ -206,6 +213,7 @@ mod tests {
             completed_at: None,
             agent: None,
             tool_calls: None,
+            run_id: None,
         }
     }
 

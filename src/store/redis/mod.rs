@@ -1,7 +1,7 @@
 //! Redis implementations of the store traits, so that many replicas act as one server.
 //!
 //! - [`conversations`], [`tasks`], [`limiter`] (rate-limit buckets), [`streams`] (open streams
-//!   per key) and [`queue`] (the shared task queue), on one [`Redis`] handle; their Lua scripts
+//!   per key), [`queue`] (the shared task queue) and [`runs`] (runs' event logs), on one [`Redis`] handle; their Lua scripts
 //!   are in `scripts/`.
 //!
 //! Keys (all under `STORE_PREFIX`; key names and conversation ids hold no `:`):
@@ -13,7 +13,8 @@
 //! - `tasks:queue` (a stream with the consumer group `workers`: the shared task queue) and
 //!   the pub/sub channel `tasks:cancel`;
 //! - `rl:{bucket}` (the GCRA theoretical arrival time of a rate-limit bucket);
-//! - `streams:{owner}` (sorted set of a key's open streams, by the end of their lease).
+//! - `streams:{owner}` (sorted set of a key's open streams, by the end of their lease);
+//! - `run:{id}` (hash) and `run:{id}:log` (stream): a run's event log ([`runs`]).
 //!
 //! Turns on a conversation are serialized across replicas by a lease lock with a random token,
 //! renewed while the turn runs; the commit is a Lua script that checks the token (fencing), so
@@ -27,6 +28,7 @@
 pub mod conversations;
 pub mod limiter;
 pub mod queue;
+pub mod runs;
 pub mod streams;
 pub mod tasks;
 
@@ -40,6 +42,7 @@ use tokio::task::JoinHandle;
 pub use conversations::RedisConversationStore;
 pub use limiter::RedisRateLimiter;
 pub use queue::RedisQueue;
+pub use runs::{RedisRuns, RemoteRun};
 pub use streams::RedisStreams;
 pub use tasks::RedisTaskStore;
 
@@ -149,12 +152,18 @@ pub struct RedisStores {
     pub limiter: Arc<RedisRateLimiter>,
     pub streams: Arc<RedisStreams>,
     pub queue: Arc<RedisQueue>,
+    pub runs: Arc<RedisRuns>,
 }
 
 impl RedisStores {
-    pub fn connect(settings: RedisSettings, task_lease: Duration) -> Result<Self, StoreError> {
+    pub fn connect(
+        settings: RedisSettings,
+        task_lease: Duration,
+        run_ttl: Duration,
+    ) -> Result<Self, StoreError> {
         let redis = Redis::connect(&settings.url, &settings.prefix)?;
         Ok(Self {
+            runs: Arc::new(RedisRuns::new(redis.clone(), task_lease, run_ttl)),
             conversations: Arc::new(RedisConversationStore::new(redis.clone(), settings.clone())),
             tasks: Arc::new(RedisTaskStore::new(redis.clone(), settings.limits.clone())),
             limiter: Arc::new(RedisRateLimiter::new(redis.clone())),

@@ -8,7 +8,7 @@ use chrono::Utc;
 use redis::{AsyncCommands, Script};
 
 use super::{Redis, unavailable};
-use crate::store::{StoreError, StoreLimits, Task, TaskStatus, TaskStore};
+use crate::store::{StoreError, StoreLimits, Task, TaskChange, TaskStatus, TaskStore};
 
 pub struct RedisTaskStore {
     redis: Redis,
@@ -103,14 +103,18 @@ impl TaskStore for RedisTaskStore {
         Ok(out)
     }
 
-    async fn transition_with_calls(
+    async fn transition_with(
         &self,
         id: &str,
         from: &[TaskStatus],
         to: TaskStatus,
-        result: Option<String>,
-        tool_calls: Option<String>,
+        change: TaskChange,
     ) -> Result<Option<Task>, StoreError> {
+        let TaskChange {
+            result,
+            tool_calls,
+            run_id,
+        } = change;
         let r = &self.redis;
         let mut c = r.conn.clone();
         let completed = if to.is_final() {
@@ -129,7 +133,8 @@ impl TaskStore for RedisTaskStore {
             .arg(result.unwrap_or_default())
             .arg(completed)
             .arg(self.limits.task_ttl.as_millis() as u64)
-            .arg(tool_calls.unwrap_or_default());
+            .arg(tool_calls.unwrap_or_default())
+            .arg(run_id.unwrap_or_default());
         for s in from {
             script.arg(s.as_str());
         }
