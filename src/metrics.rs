@@ -89,6 +89,10 @@ pub struct Metrics {
     pub upstream_errors: Family<KindLabels, Counter>,
     pub open_streams: Gauge,
     pub open_websockets: Gauge,
+    /// Runs held by this process (live, and in memory the ended ones within RUN_TTL_SECS).
+    pub runs_held: Gauge,
+    /// Their bytes (logs and records), against RUN_LOGS_MAX_MIB.
+    pub run_bytes_held: Gauge,
     pub tasks: Family<StateLabels, Gauge>,
     pub tasks_finished: Family<StateLabels, Counter>,
     pub tokens: Family<KindLabels, Counter>,
@@ -115,6 +119,8 @@ impl Metrics {
             upstream_errors: Family::default(),
             open_streams: Gauge::default(),
             open_websockets: Gauge::default(),
+            runs_held: Gauge::default(),
+            run_bytes_held: Gauge::default(),
             tasks: Family::default(),
             tasks_finished: Family::default(),
             tokens: Family::default(),
@@ -161,6 +167,16 @@ impl Metrics {
             "open_websockets",
             "WebSockets open now",
             m.open_websockets.clone(),
+        );
+        registry.register(
+            "runs_held",
+            "Runs held by this process: live ones, and (memory store) ended ones within RUN_TTL_SECS",
+            m.runs_held.clone(),
+        );
+        registry.register(
+            "run_bytes_held",
+            "Bytes of the runs held by this process (their logs and records), bounded by RUN_LOGS_MAX_MIB",
+            m.run_bytes_held.clone(),
         );
         registry.register("tasks", "Tasks not yet finished, by state", m.tasks.clone());
         registry.register(

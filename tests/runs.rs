@@ -608,4 +608,13 @@ async fn the_logs_held_are_bounded_in_all() {
     assert_eq!(s, 404);
     let (s, _) = app.get(&format!("/runs/{}", runs[9])).await;
     assert_eq!(s, 200);
+    // /metrics says so.
+    let metrics = app.metrics().await;
+    let value = |name: &str| -> i64 {
+        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let held = value("agent_api_run_bytes_held ");
+    assert!(held > 0 && held <= 2000, "{held}");
+    assert_eq!(value("agent_api_runs_held ") as usize, app.state.runs.len());
 }

@@ -394,7 +394,8 @@ pub async fn stream_turn(
         turn_timeout: turn.turn_timeout,
         frame: turn.frame_timeout,
     };
-    let keep_going = turn.keep_going;
+    // Only a run goes on without its client (a WebSocket's turn follows its socket).
+    let keep_going = turn.keep_going && runs.is_some();
     let mut prepared = prepare(store, agents, owner, turn).await?;
     let conversation_id = prepared.conversation_id.clone();
     let (tx, rx) = mpsc::channel(FRAMES_AHEAD);

@@ -132,6 +132,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     m.tasks
         .get_or_create(&StateLabels { state: "running" })
         .set(running as i64);
+    m.runs_held.set(state.runs.len() as i64);
+    m.run_bytes_held.set(state.runs.held_bytes() as i64);
     (
         [(
             header::CONTENT_TYPE,
