@@ -24,6 +24,16 @@ pub struct EventsQuery {
     pub after: Option<String>,
 }
 
+impl EventsQuery {
+    /// The event id a follower names: `Last-Event-ID` (an EventSource's), else `?after=`.
+    pub fn last_event_id(self, headers: &HeaderMap) -> Option<String> {
+        headers
+            .get("last-event-id")
+            .map(|v| v.to_str().unwrap_or("?").to_owned())
+            .or(self.after)
+    }
+}
+
 #[utoipa::path(get, path = "/runs/{run_id}", tag = "runs",
     params(("run_id" = String, Path, description = "From `X-Run-Id`, a done frame's `run_id`, or a task's `run_id`")),
     responses((status = 200, body = RunInfo), RecordErrors),
@@ -66,11 +76,7 @@ pub async fn run_events(
     headers: HeaderMap,
     AppQuery(query): AppQuery<EventsQuery>,
 ) -> Result<Response, ApiError> {
-    let last = headers
-        .get("last-event-id")
-        .map(|v| v.to_str().unwrap_or("?").to_owned())
-        .or(query.after);
-    let pos = match last.as_deref() {
+    let pos = match query.last_event_id(&headers).as_deref() {
         None => 0,
         Some(id) => match parse_event_id(id) {
             Some((run, pos)) if run == run_id => pos,

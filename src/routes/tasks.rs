@@ -239,11 +239,7 @@ pub async fn task_events(
         .get(Some(&caller.owner), &task_id)
         .await?
         .ok_or(ApiError::NotFound { kind: "task" })?;
-    let last = headers
-        .get("last-event-id")
-        .map(|v| v.to_str().unwrap_or("?").to_owned())
-        .or(query.after);
-    if let Some(last) = last {
+    if let Some(last) = query.last_event_id(&headers) {
         let Some((run, pos)) =
             parse_event_id(&last).filter(|(run, _)| task.run_id.as_deref() == Some(*run))
         else {
