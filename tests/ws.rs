@@ -258,3 +258,43 @@ mod tokio {
         ::tokio::spawn(app.stop())
     }
 }
+
+#[tokio::test]
+async fn a_socket_turn_is_a_run_that_replays_over_sse() {
+    let fake = FakeOpenAi::start().await;
+    let app = TestApp::with_fake(&fake, |_| {}).await;
+    let mut ws = connect(&app, "client-run").await;
+    // `continue` is checked but a socket's turn follows its socket.
+    send(
+        &mut ws,
+        json!({"message": "hi", "on_disconnect": "continue"}),
+    )
+    .await;
+    let (text, done) = reply(&mut ws).await;
+    assert_eq!(done["done"], true, "{done}");
+    let run = done["run_id"].as_str().unwrap().to_owned();
+    let (s, info) = app.get(&format!("/runs/{run}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(info["status"], "completed");
+    assert_eq!(info["conversation_id"], done["conversation_id"]);
+    // The same log over SSE: the same pieces, the same done frame.
+    let res = app
+        .client
+        .get(format!("{}/runs/{run}/events", app.url))
+        .send()
+        .await
+        .unwrap();
+    let events = common::read_sse(res).await;
+    let (last, pieces) = events.split_last().unwrap();
+    let replayed: String = pieces
+        .iter()
+        .map(|(_, e)| {
+            serde_json::from_str::<Value>(&e.data).unwrap()["content"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(replayed, text);
+    assert_eq!(serde_json::from_str::<Value>(&last.1.data).unwrap(), done);
+}

@@ -341,12 +341,12 @@ pub enum TurnEvent {
     Failed(AgentError),
 }
 
-/// What a streamed turn's client receives: its events as they are (a turn that is not a run:
-/// the WebSocket's), or, for a run, each frame as its log holds it with its position.
+/// What a streamed turn's client receives: each frame as its run's log holds it, with the
+/// position after it.
 #[derive(Debug)]
-pub enum Sent {
-    Event(TurnEvent),
-    Logged { pos: u64, frame: runs::Frame },
+pub struct Sent {
+    pub pos: u64,
+    pub frame: runs::Frame,
 }
 
 pub type TurnStream = std::pin::Pin<Box<dyn futures::Stream<Item = Sent> + Send>>;
@@ -354,8 +354,7 @@ pub type TurnStream = std::pin::Pin<Box<dyn futures::Stream<Item = Sent> + Send>
 /// A streamed turn, started.
 pub struct Started {
     pub conversation_id: String,
-    /// The run's id, when the turn is a run.
-    pub run_id: Option<String>,
+    pub run_id: String,
     pub events: TurnStream,
 }
 
@@ -378,8 +377,8 @@ type Frame = Box<Sent>;
 /// [`LlmError::Timeout`]). The answer is appended only when the turn completes, so a failed or
 /// abandoned turn leaves the conversation as it was.
 ///
-/// With `runs`, the turn is a run: every frame is logged (and sent as [`Sent::Logged`]), and
-/// `DELETE /runs/{id}` or the end of the shutdown's grace stops it.
+/// The turn is a run of `runs`: every frame is logged as it is sent, and `DELETE /runs/{id}` or
+/// the end of the shutdown's grace stops it.
 pub async fn stream_turn(
     llm: &Arc<dyn LlmProvider>,
     store: &dyn ConversationStore,
@@ -387,26 +386,23 @@ pub async fn stream_turn(
     agents: &Arc<Agents>,
     owner: &str,
     turn: ChatTurn,
-    runs: Option<&Runs>,
+    runs: &Runs,
 ) -> Result<Started, AgentError> {
     let limits = Deadlines {
         turn: Instant::now() + turn.turn_timeout,
         turn_timeout: turn.turn_timeout,
         frame: turn.frame_timeout,
     };
-    // Only a run goes on without its client (a WebSocket's turn follows its socket).
-    let keep_going = turn.keep_going && runs.is_some();
+    let keep_going = turn.keep_going;
     let mut prepared = prepare(store, agents, owner, turn).await?;
     let conversation_id = prepared.conversation_id.clone();
     let (tx, rx) = mpsc::channel(FRAMES_AHEAD);
     let run_for = |prepared: &PreparedTurn| {
-        runs.map(|runs| {
-            runs.start(NewRun {
-                owner: owner.to_owned(),
-                conversation_id: Some(prepared.conversation_id.clone()),
-                agent: prepared.agent.name.clone(),
-                task_id: None,
-            })
+        runs.start(NewRun {
+            owner: owner.to_owned(),
+            conversation_id: Some(prepared.conversation_id.clone()),
+            agent: prepared.agent.name.clone(),
+            task_id: None,
         })
     };
     let run_id;
@@ -420,7 +416,7 @@ pub async fn stream_turn(
             .await
             .map_err(|_| LlmError::Timeout(limits.turn_timeout))??;
         let run = run_for(&prepared);
-        run_id = run.as_ref().map(|r| r.id().to_owned());
+        run_id = run.id().to_owned();
         let sink = Sink::new(tx, run, keep_going, limits);
         let (llm, agents) = (Arc::clone(llm), Arc::clone(agents));
         runner.spawn(async move {
@@ -432,7 +428,7 @@ pub async fn stream_turn(
             .await
             .map_err(|_| LlmError::Timeout(limits.turn_timeout))??;
         let run = run_for(&prepared);
-        run_id = run.as_ref().map(|r| r.id().to_owned());
+        run_id = run.id().to_owned();
         let sink = Sink::new(tx, run, keep_going, limits);
         runner.spawn(produce(prepared, upstream, sink, limits));
     }
@@ -480,19 +476,14 @@ enum Halt {
 /// Where a streamed turn's events go: its client (while it is there) and its run's log.
 struct Sink {
     tx: Option<mpsc::Sender<Frame>>,
-    run: Option<RunWriter>,
+    run: RunWriter,
     /// `on_disconnect: "continue"`.
     keep_going: bool,
     limits: Deadlines,
 }
 
 impl Sink {
-    fn new(
-        tx: mpsc::Sender<Frame>,
-        run: Option<RunWriter>,
-        keep_going: bool,
-        limits: Deadlines,
-    ) -> Self {
+    fn new(tx: mpsc::Sender<Frame>, run: RunWriter, keep_going: bool, limits: Deadlines) -> Self {
         Self {
             tx: Some(tx),
             run,
@@ -504,15 +495,9 @@ impl Sink {
     /// Sends one event; false when the turn must end (its client left, under `cancel`: then
     /// its run is ended `cancelled`).
     async fn send(&mut self, event: TurnEvent) -> bool {
-        let sent = match &self.run {
-            Some(run) => {
-                let frame = runs::frames::render(event, None);
-                let pos = run.push(frame.clone());
-                Sent::Logged { pos, frame }
-            }
-            None => Sent::Event(event),
-        };
-        self.deliver(sent).await
+        let frame = runs::frames::render(event, None);
+        let pos = self.run.push(frame.clone());
+        self.deliver(Sent { pos, frame }).await
     }
 
     async fn deliver(&mut self, sent: Sent) -> bool {
@@ -531,27 +516,19 @@ impl Sink {
 
     /// The turn's last event (done, or failed): the run ends with it.
     async fn finish(&mut self, event: TurnEvent) {
-        let sent = match &self.run {
-            Some(run) => {
-                let (status, tokens) = match &event {
-                    TurnEvent::Done { tokens_used, .. } => (RunStatus::Completed, *tokens_used),
-                    _ => (RunStatus::Failed, 0),
-                };
-                let frame = runs::frames::render(event, Some(run.id()));
-                let pos = run.end(status, frame.clone(), tokens);
-                Sent::Logged { pos, frame }
-            }
-            None => Sent::Event(event),
+        let (status, tokens) = match &event {
+            TurnEvent::Done { tokens_used, .. } => (RunStatus::Completed, *tokens_used),
+            _ => (RunStatus::Failed, 0),
         };
-        self.deliver(sent).await;
+        let frame = runs::frames::render(event, Some(self.run.id()));
+        let pos = self.run.end(status, frame.clone(), tokens);
+        self.deliver(Sent { pos, frame }).await;
     }
 
     /// The client left and the turn does not go on: its run is cancelled.
     fn client_left(&self) {
-        if let Some(run) = &self.run {
-            let frame = runs::frames::error_detail("the client left; the run was cancelled");
-            run.end(RunStatus::Cancelled, frame, 0);
-        }
+        let frame = runs::frames::error_detail("the client left; the run was cancelled");
+        self.run.end(RunStatus::Cancelled, frame, 0);
     }
 
     /// Ends the turn as `halt` says.
@@ -559,11 +536,9 @@ impl Sink {
         match halt {
             Halt::ClientLeft => self.client_left(),
             Halt::Stopped => {
-                if let Some(run) = &self.run {
-                    let (pos, frame) = run.end_stopped();
-                    if let Some(tx) = &self.tx {
-                        deliver(tx, Sent::Logged { pos, frame }, self.limits).await;
-                    }
+                let (pos, frame) = self.run.end_stopped();
+                if let Some(tx) = &self.tx {
+                    deliver(tx, Sent { pos, frame }, self.limits).await;
                 }
             }
         }
@@ -573,17 +548,11 @@ impl Sink {
     /// run was stopped. Made once per turn: it holds what it waits on.
     fn halt(&self) -> impl std::future::Future<Output = Halt> + Send + 'static {
         let gone = self.tx.clone().filter(|_| !self.keep_going);
-        let stop = self.run.as_ref().map(RunWriter::stopped);
+        let stop = self.run.stopped();
         async move {
             let gone = async {
                 match gone {
                     Some(tx) => tx.closed().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let stop = async {
-                match stop {
-                    Some(stop) => stop.await,
                     None => std::future::pending().await,
                 }
             };

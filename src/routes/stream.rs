@@ -75,10 +75,10 @@ async fn start(state: AppState, caller: Caller, turn: ChatTurn) -> Result<Respon
         &state.agents,
         &caller.owner,
         turn,
-        Some(&state.runs),
+        &state.runs,
     )
     .await?;
-    let run_id = started.run_id.unwrap_or_default();
+    let run_id = started.run_id;
     // A comment first: the client has a byte as soon as the model accepted the call (an
     // OpenAI stream's first chunk carries the role, not text), and proxies see a live stream.
     // Its id (position 0) is an EventSource's Last-Event-ID should it drop before any event.
@@ -185,14 +185,10 @@ fn sse_events(
     run_id: String,
     events: impl Stream<Item = Sent> + Send + 'static,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
-    events.filter_map(move |sent| {
-        std::future::ready(match sent {
-            Sent::Logged {
-                pos,
-                frame: (name, data),
-            } => Some(Ok(sse_event(&run_id, pos, name, &data))),
-            // Not sent for a run.
-            Sent::Event(_) => None,
-        })
-    })
+    events.map(
+        move |Sent {
+                  pos,
+                  frame: (name, data),
+              }| Ok(sse_event(&run_id, pos, name, &data)),
+    )
 }

@@ -3,7 +3,7 @@
 //! In: `{"message", "conversation_id"?, "system_prompt"?, ...}` (any `/chat` field), or
 //! `{"type": "cancel"}` to stop the reply in progress. Out: `{"content"}` frames (and, in a turn
 //! of an agent with tools, `{"tool_call": {...}}` and `{"tool_result": {...}}`), then
-//! `{"done": true, "conversation_id", "tokens_used"}` (`"steps"` added in an agent's turn); a bad frame or a failure gets
+//! `{"done": true, "conversation_id", "tokens_used", "run_id"}` (`"steps"` added in an agent's turn); a bad frame or a failure gets
 //! `{"error"}` and the socket stays open. One conversation per socket unless the client names
 //! another. Server pings keep it alive; an idle socket is closed; a second socket with the same
 //! `client_id` (and key) replaces the first; a client that takes nothing for
@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{self, TurnEvent};
+use crate::agent;
 use crate::error::{ApiError, FieldError};
 use crate::metrics::GaugeGuard;
 use crate::middleware::auth::Caller;
@@ -81,7 +81,7 @@ impl SocketRegistry {
 }
 
 #[utoipa::path(get, path = "/ws/{client_id}", tag = "chat", params(("client_id" = String, Path)),
-    description = "WebSocket chat. In: `{\"message\", \"conversation_id\"?, \"system_prompt\"?, \"agent\"?, ...}` (any `/chat` field) or `{\"type\": \"cancel\"}`. Out: `{\"content\"}` frames (in an agent's turn also `{\"tool_call\": {id, name, arguments}}` and `{\"tool_result\": {id, name, result | error, duration_ms}}`), then `{\"done\": true, \"conversation_id\", \"tokens_used\"}` (with `\"steps\"` in an agent's turn); `{\"error\"}` on a bad frame or failure (the socket stays open). Close codes: 1000 idle, 1001 shutdown, 4000 replaced.",
+    description = "WebSocket chat. In: `{\"message\", \"conversation_id\"?, \"system_prompt\"?, \"agent\"?, ...}` (any `/chat` field) or `{\"type\": \"cancel\"}`. Out: `{\"content\"}` frames (in an agent's turn also `{\"tool_call\": {id, name, arguments}}` and `{\"tool_result\": {id, name, result | error, duration_ms}}`), then `{\"done\": true, \"conversation_id\", \"tokens_used\", \"run_id\"}` (with `\"steps\"` in an agent's turn; the turn is a run: `GET /runs/{run_id}/events` replays it); `{\"error\"}` on a bad frame or failure (the socket stays open). Close codes: 1000 idle, 1001 shutdown, 4000 replaced.",
     responses((status = 101, description = "Switching protocols"),
         (status = 400, description = "Not a WebSocket upgrade", body = DetailError),
         (status = 401, body = DetailError),
@@ -302,10 +302,13 @@ impl Session {
         if input.conversation_id.is_none() {
             input.conversation_id = conversation.clone();
         }
-        let turn = match input.validate(&self.state.config, &self.state.agents, "body") {
+        let mut turn = match input.validate(&self.state.config, &self.state.agents, "body") {
             Ok(t) => t,
             Err(e) => return Some(json!({"error": e.message()})),
         };
+        // A WebSocket turn follows its socket: `{"type": "cancel"}` and a socket that goes
+        // cancel it, whatever `on_disconnect` says.
+        turn.keep_going = false;
         let state = self.state.clone();
         let owner = self.owner.clone();
         let ip = self.ip;
@@ -334,20 +337,11 @@ impl Session {
                     &state.agents,
                     &owner,
                     turn,
-                    None,
+                    &state.runs,
                 )
                 .await
                 {
-                    Ok(started) => started
-                        .events
-                        .filter_map(|sent| {
-                            std::future::ready(match sent {
-                                agent::Sent::Event(e) => Some(event_json(e)),
-                                // Not sent for a turn that is not a run.
-                                agent::Sent::Logged { .. } => None,
-                            })
-                        })
-                        .boxed(),
+                    Ok(started) => started.events.map(frame_json).boxed(),
                     Err(e) => futures::stream::once(async move {
                         json!({"error": ApiError::from(e).message()})
                     })
@@ -386,13 +380,19 @@ impl FrameWindow {
     }
 }
 
-fn event_json(event: TurnEvent) -> Value {
-    match event {
-        TurnEvent::Delta(content) => json!({ "content": content }),
-        TurnEvent::ToolCall(call) => json!({ "tool_call": call }),
-        TurnEvent::ToolResult(result) => json!({ "tool_result": result }),
-        done @ TurnEvent::Done { .. } => crate::runs::frames::done_json(done),
-        TurnEvent::Failed(e) => json!({"error": ApiError::from(e).message()}),
+/// A frame of the turn's run as the WebSocket sends it: the logged data itself (content and
+/// done frames), `{"<event>": data}` for a tool call or result, `{"error": detail}` for an error.
+fn frame_json(
+    agent::Sent {
+        frame: (name, data),
+        ..
+    }: agent::Sent,
+) -> Value {
+    let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+    match name {
+        None => v,
+        Some("error") => json!({ "error": v.get("detail").cloned().unwrap_or(v) }),
+        Some(name) => json!({ name: v }),
     }
 }
 
