@@ -618,3 +618,56 @@ async fn the_logs_held_are_bounded_in_all() {
     assert!(held > 0 && held <= 2000, "{held}");
     assert_eq!(value("agent_api_runs_held ") as usize, app.state.runs.len());
 }
+
+#[tokio::test]
+async fn an_upstream_that_breaks_mid_stream_fails_the_run_with_one_terminal_error() {
+    let fake = FakeOpenAi::start_with(Behaviour {
+        chunks: 6,
+        stop_after: Some(2),
+        abort: true,
+        ..Default::default()
+    })
+    .await;
+    let app = TestApp::with_fake(&fake, |_| {}).await;
+    let res = stream(&app, json!({"message": "hi", "conversation_id": "broken"})).await;
+    let run = run_id(&res);
+    let sent = Reader::new(res).rest().await;
+    let last = sent.last().unwrap();
+    assert_eq!(last.event.as_deref(), Some("error"), "{sent:?}");
+    let info = ended(&app, &run).await;
+    assert_eq!(info["status"], "failed");
+    assert_eq!(info["tokens_used"], 0);
+    // The log is what the client got, and ends there.
+    let log = Reader::new(events(&app, &run, None).await).rest().await;
+    assert_eq!(log, sent);
+    let (s, _) = app.get("/conversation/broken").await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn following_a_task_cancelled_before_it_ran_ends_with_an_error() {
+    let fake = FakeOpenAi::start_with(Behaviour {
+        first_chunk_delay: Duration::from_secs(5),
+        ..Default::default()
+    })
+    .await;
+    let app = TestApp::with_fake(&fake, |c| c.task_concurrency = 1).await;
+    let (_, busy) = app.post("/task", json!({"prompt": "slow"})).await;
+    let (_, waiting) = app.post("/task", json!({"prompt": "never"})).await;
+    let id = waiting["task_id"].as_str().unwrap();
+    let res = app
+        .client
+        .get(format!("{}/task/{id}/events", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "opened while the task waits");
+    let (s, t) = app.delete(&format!("/task/{id}")).await;
+    assert_eq!((s, t["status"].as_str()), (200, Some("cancelled")));
+    let frames = Reader::new(res).rest().await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0].event.as_deref(), Some("error"));
+    assert_eq!(frames[0].json()["detail"], "the task ended before it ran");
+    app.delete(&format!("/task/{}", busy["task_id"].as_str().unwrap()))
+        .await;
+}

@@ -219,11 +219,7 @@ impl TaskRunner {
         let (status, frame) = match end.status {
             TaskStatus::Completed => (
                 RunStatus::Completed,
-                (
-                    None,
-                    serde_json::json!({"done": true, "task_id": id, "result": end.result, "run_id": run.id()})
-                        .to_string(),
-                ),
+                frames::task_done(id, end.result.as_deref(), run.id()),
             ),
             TaskStatus::Cancelled => (
                 RunStatus::Cancelled,

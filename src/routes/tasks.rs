@@ -269,18 +269,17 @@ pub async fn task_events(
                     return match runs.follow(&owner, &run_id, 0).await {
                         Ok(Follow::Events(events)) => run_frames(run_id, events).boxed(),
                         Ok(Follow::AtEnd) => futures::stream::empty().boxed(),
-                        Err(e) => error_event(&ApiError::from(e)),
+                        Err(e) => error_event(frames::error(&ApiError::from(e))),
                     };
                 }
                 Ok(Some(t)) if t.status.is_final() => {
-                    let e = ApiError::NotFound {
-                        kind: "run of the task (it ended before it ran)",
-                    };
-                    return error_event(&e);
+                    return error_event(frames::error_detail("the task ended before it ran"));
                 }
                 Ok(Some(_)) => tokio::time::sleep(START_POLL).await,
-                Ok(None) => return error_event(&ApiError::NotFound { kind: "task" }),
-                Err(e) => return error_event(&ApiError::Store(e)),
+                Ok(None) => {
+                    return error_event(frames::error(&ApiError::NotFound { kind: "task" }));
+                }
+                Err(e) => return error_event(frames::error(&ApiError::Store(e))),
             }
         }
     })
@@ -289,8 +288,7 @@ pub async fn task_events(
 }
 
 /// One `event: error` frame (no id: it is not one of a run's).
-fn error_event(e: &ApiError) -> BoxStream<'static, Result<Event, Infallible>> {
-    let (name, data) = frames::error(e);
+fn error_event((name, data): frames::Frame) -> BoxStream<'static, Result<Event, Infallible>> {
     let event = Event::default().event(name.unwrap_or("error")).data(data);
     futures::stream::once(std::future::ready(Ok(event))).boxed()
 }

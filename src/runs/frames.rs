@@ -45,6 +45,12 @@ pub fn error_detail(detail: &str) -> Frame {
     (Some("error"), json!({ "detail": detail }).to_string())
 }
 
+/// A task's done frame: `{"done": true, "task_id", "result", "run_id"}`.
+pub fn task_done(task_id: &str, result: Option<&str>, run_id: &str) -> Frame {
+    let done = json!({"done": true, "task_id": task_id, "result": result, "run_id": run_id});
+    (None, done.to_string())
+}
+
 /// The `event:` names a log holds, as the `&'static str` a [`Frame`] carries (for a log read
 /// back from the store); anything else is a plain `data:` frame.
 pub fn name(text: &str) -> Option<&'static str> {
