@@ -290,15 +290,7 @@ async fn get_stream_serves_event_source() {
         .unwrap();
     assert_eq!(res.status(), 200);
     let events = read_sse(res).await;
-    let text: String = events[..events.len() - 1]
-        .iter()
-        .map(|(_, e)| {
-            serde_json::from_str::<Value>(&e.data).unwrap()["content"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let text = common::content_of(&events[..events.len() - 1]);
     assert_eq!(text, "Echo: hello world");
     let done: Value = serde_json::from_str(&events.last().unwrap().1.data).unwrap();
     assert_eq!(done["conversation_id"], "g1");

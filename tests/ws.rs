@@ -285,16 +285,7 @@ async fn a_socket_turn_is_a_run_that_replays_over_sse() {
         .await
         .unwrap();
     let events = common::read_sse(res).await;
-    let (last, pieces) = events.split_last().unwrap();
-    let replayed: String = pieces
-        .iter()
-        .map(|(_, e)| {
-            serde_json::from_str::<Value>(&e.data).unwrap()["content"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
-    assert_eq!(replayed, text);
+    let last = events.last().unwrap();
+    assert_eq!(common::content_of(&events), text);
     assert_eq!(serde_json::from_str::<Value>(&last.1.data).unwrap(), done);
 }

@@ -196,6 +196,15 @@ pub struct SseEvent {
 }
 
 /// Reads an SSE body into events, with the time each arrived (since the call).
+/// The text of a stream's `{"content"}` frames, joined (other frames skipped).
+pub fn content_of(events: &[(Duration, SseEvent)]) -> String {
+    events
+        .iter()
+        .filter_map(|(_, e)| serde_json::from_str::<Value>(&e.data).ok())
+        .filter_map(|v| v["content"].as_str().map(str::to_owned))
+        .collect()
+}
+
 pub async fn read_sse(res: reqwest::Response) -> Vec<(Duration, SseEvent)> {
     let started = tokio::time::Instant::now();
     let mut out = Vec::new();
