@@ -17,6 +17,7 @@ pub mod llm;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
+pub mod responses;
 pub mod routes;
 pub mod runs;
 pub mod state;
