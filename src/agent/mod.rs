@@ -397,40 +397,36 @@ pub async fn stream_turn(
     let mut prepared = prepare(store, agents, owner, turn).await?;
     let conversation_id = prepared.conversation_id.clone();
     let (tx, rx) = mpsc::channel(FRAMES_AHEAD);
-    let run_for = |prepared: &PreparedTurn| {
-        runs.start(NewRun {
-            owner: owner.to_owned(),
-            conversation_id: Some(prepared.conversation_id.clone()),
-            agent: prepared.agent.name.clone(),
-            task_id: None,
-        })
-    };
-    let run_id;
-    if prepared.agent.has_tools() {
-        // The first step's request is sent here, so that its refusal is an HTTP error.
+    // The first model call is made here, so that its refusal is an HTTP error; an agent with
+    // tools keeps the messages for its loop.
+    let (messages, request) = if prepared.agent.has_tools() {
         let messages = prepared.take_messages();
         let request = prepared
             .drive(llm.as_ref(), agents, limits.turn, limits.turn_timeout)
             .first_request(&messages);
-        let upstream = tokio::time::timeout_at(limits.turn, llm.stream(request))
-            .await
-            .map_err(|_| LlmError::Timeout(limits.turn_timeout))??;
-        let run = run_for(&prepared);
-        run_id = run.id().to_owned();
-        let sink = Sink::new(tx, run, keep_going, limits);
-        let (llm, agents) = (Arc::clone(llm), Arc::clone(agents));
-        runner.spawn(async move {
-            produce_loop(prepared, messages, upstream, &*llm, &agents, sink, limits).await;
-        });
+        (Some(messages), request)
     } else {
-        let request = std::mem::take(&mut prepared.request);
-        let upstream = tokio::time::timeout_at(limits.turn, llm.stream(request))
-            .await
-            .map_err(|_| LlmError::Timeout(limits.turn_timeout))??;
-        let run = run_for(&prepared);
-        run_id = run.id().to_owned();
-        let sink = Sink::new(tx, run, keep_going, limits);
-        runner.spawn(produce(prepared, upstream, sink, limits));
+        (None, std::mem::take(&mut prepared.request))
+    };
+    let upstream = tokio::time::timeout_at(limits.turn, llm.stream(request))
+        .await
+        .map_err(|_| LlmError::Timeout(limits.turn_timeout))??;
+    let run = runs.start(NewRun {
+        owner: owner.to_owned(),
+        conversation_id: Some(conversation_id.clone()),
+        agent: prepared.agent.name.clone(),
+        task_id: None,
+    });
+    let run_id = run.id().to_owned();
+    let sink = Sink::new(tx, run, keep_going, limits);
+    match messages {
+        Some(messages) => {
+            let (llm, agents) = (Arc::clone(llm), Arc::clone(agents));
+            runner.spawn(async move {
+                produce_loop(prepared, messages, upstream, &*llm, &agents, sink, limits).await;
+            });
+        }
+        None => runner.spawn(produce(prepared, upstream, sink, limits)),
     }
     let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(|event| *event);
     Ok(Started {

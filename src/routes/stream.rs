@@ -35,7 +35,8 @@ use crate::runs::{LogEvent, event_id, parse_event_id};
 use crate::state::AppState;
 
 #[utoipa::path(post, path = "/chat/stream", tag = "chat", request_body = ChatInput,
-    responses((status = 200, description = "Server-Sent Events: `data: {\"content\"}` frames, then `data: {\"done\": true, \"conversation_id\", \"tokens_used\"}` (with `\"steps\"` in an agent's turn); an agent's tool calls as `event: tool_call` (`{id, name, arguments}`) and `event: tool_result` (`{id, name, result | error, duration_ms}`); an error after the first byte (the upstream failing, TURN_TIMEOUT_SECS, the conversation deleted meanwhile) is `event: error` with `{\"detail\"}`; at shutdown `{\"detail\": \"server shutting down\", \"retryable\": true}`", content_type = "text/event-stream", body = SseEvent),
+    responses((status = 200, description = "Server-Sent Events: `data: {\"content\"}` frames, then `data: {\"done\": true, \"conversation_id\", \"tokens_used\", \"run_id\"}` (with `\"steps\"` in an agent's turn); every event's `id:` names the run and its position (the `: open` comment carries position 0), for `GET /runs/{run_id}/events`; an agent's tool calls as `event: tool_call` (`{id, name, arguments}`) and `event: tool_result` (`{id, name, result | error, duration_ms}`); an error after the first byte (the upstream failing, TURN_TIMEOUT_SECS, the conversation deleted meanwhile) is `event: error` with `{\"detail\"}`; at shutdown `{\"detail\": \"server shutting down\", \"retryable\": true}`", content_type = "text/event-stream", body = SseEvent,
+            headers(("X-Run-Id" = String, description = "The turn's run (`GET /runs/{run_id}`)"))),
         (status = 409, description = "The conversation is busy with another turn: at once with `if_busy: reject`, else after TURN_WAIT_SECS (Retry-After set); or it belongs to another agent than the one named (no Retry-After)", body = DetailError),
         ModelCallErrors), security(("api_key" = []), ("bearer" = [])))]
 pub async fn stream_chat(
@@ -48,7 +49,9 @@ pub async fn stream_chat(
 }
 
 #[utoipa::path(get, path = "/chat/stream", tag = "chat", params(ChatQuery),
-    responses((status = 200, description = "The same stream as POST, for a browser's EventSource (`?api_key=` accepted here)", content_type = "text/event-stream", body = SseEvent),
+    responses((status = 200, description = "The same stream as POST, for a browser's EventSource (`?api_key=` accepted here); with a `Last-Event-ID` header (an EventSource reconnecting), the named run's events after that id, then live to its end, and no turn is started", content_type = "text/event-stream", body = SseEvent,
+            headers(("X-Run-Id" = String, description = "The turn's run"))),
+        (status = 204, description = "`Last-Event-ID` names a run that has ended there, or no run of the caller's: nothing to resume (this stops an EventSource)"),
         (status = 409, description = "The conversation is busy with another turn: at once with `if_busy: reject`, else after TURN_WAIT_SECS (Retry-After set); or it belongs to another agent than the one named (no Retry-After)", body = DetailError),
         ModelCallErrors), security(("api_key" = []), ("bearer" = []), ("api_key_query" = [])))]
 pub async fn stream_chat_get(
