@@ -91,6 +91,11 @@ pub enum ApiError {
     /// A run's event id that is not one of this run's: 400.
     #[error("{0}")]
     BadRequest(String),
+    /// `previous_response_id` names no stored response of the caller's: 404.
+    #[error(
+        "no stored response `{0}` of this key (unknown, expired, deleted, or made with store: false)"
+    )]
+    PreviousResponseNotFound(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -127,7 +132,9 @@ impl ApiError {
         match self {
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::NotFound { .. } | Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            Self::NotFound { .. } | Self::ModelNotFound(_) | Self::PreviousResponseNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -161,6 +168,7 @@ impl ApiError {
             Self::Unauthorized => "unauthorized",
             Self::NotFound { .. } => "not_found",
             Self::ModelNotFound(_) => "model_not_found",
+            Self::PreviousResponseNotFound(_) => "previous_response_not_found",
             Self::Forbidden(_) => "forbidden",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::BodyTimeout(_) => "body_timeout",
@@ -253,6 +261,7 @@ impl ApiError {
                 })
             }
             Self::ModelNotFound(_) => Some("model".to_owned()),
+            Self::PreviousResponseNotFound(_) => Some("previous_response_id".to_owned()),
             Self::Upstream(LlmError::ContextLength(_)) => Some("messages".to_owned()),
             _ => None,
         };

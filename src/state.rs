@@ -18,7 +18,8 @@ use crate::routes::ws::SocketRegistry;
 use crate::runs::{RunSettings, Runs};
 use crate::store::redis::{RedisRateLimiter, RedisRuns, RedisSettings, RedisStores, RedisStreams};
 use crate::store::{
-    ConversationStore, MemoryQueue, StoreError, StoreLimits, TaskQueue, TaskStore, memory,
+    ConversationStore, MemoryQueue, ResponseStore, StoreError, StoreLimits, TaskQueue, TaskStore,
+    memory,
 };
 
 /// Cloned into every request and every layer: one `Arc`, so a clone is one atomic increment
@@ -50,6 +51,8 @@ pub struct Shared {
     pub runner: TaskRunner,
     /// Every streamed turn's and task's run, with its event log.
     pub runs: Runs,
+    /// Stored `/v1/responses` responses.
+    pub responses: Arc<dyn ResponseStore>,
     /// The configured API keys, as hashes; used by the auth layer.
     pub keys: Arc<KeyRing>,
     /// Per-client and per-key token buckets; used by the rate-limit layer and by `/ws`.
@@ -85,13 +88,17 @@ struct Stores {
     streams: Option<Arc<RedisStreams>>,
     queue: Arc<dyn TaskQueue>,
     runs: Option<Arc<RedisRuns>>,
+    responses: Arc<dyn ResponseStore>,
 }
 
 impl Stores {
     fn for_config(config: &Config) -> Result<Self, StoreError> {
         match &config.store {
             StoreKind::Memory => {
-                let (conversations, tasks) = memory::stores(&StoreLimits::from_config(config));
+                let (conversations, tasks, responses) = memory::all_stores(
+                    &StoreLimits::from_config(config),
+                    config.max_responses_per_key,
+                );
                 Ok(Self {
                     conversations: Arc::new(conversations),
                     tasks: Arc::new(tasks),
@@ -99,6 +106,7 @@ impl Stores {
                     streams: None,
                     queue: Arc::new(MemoryQueue::new(config.task_lease)),
                     runs: None,
+                    responses: Arc::new(responses),
                 })
             }
             StoreKind::Redis(url) => {
@@ -110,6 +118,7 @@ impl Stores {
                     },
                     config.task_lease,
                     config.run_ttl,
+                    config.max_responses_per_key,
                 )?;
                 Ok(Self {
                     conversations: redis.conversations,
@@ -118,6 +127,7 @@ impl Stores {
                     streams: Some(redis.streams),
                     queue: redis.queue,
                     runs: Some(redis.runs),
+                    responses: redis.responses,
                 })
             }
         }
@@ -192,7 +202,8 @@ impl AppStateBuilder {
             Some(shared) => RateLimiter::shared(&config, Arc::clone(shared)),
             None => RateLimiter::new(&config),
         };
-        let (conversations, tasks) = (stores.conversations, stores.tasks);
+        let (conversations, tasks, responses) =
+            (stores.conversations, stores.tasks, stores.responses);
         let streams = StreamQuota::new(config.max_streams_per_key, stores.streams.clone());
         let state = AppState(Arc::new(Shared {
             keys: Arc::new(KeyRing::new(&config.api_keys)),
@@ -204,6 +215,7 @@ impl AppStateBuilder {
             tasks,
             runner,
             runs,
+            responses,
             streams,
             sockets: Arc::new(SocketRegistry::default()),
             closing: CancellationToken::new(),
@@ -260,6 +272,7 @@ impl AppState {
                 state.conversations.sweep().await;
                 state.tasks.sweep().await;
                 state.runs.sweep();
+                state.responses.sweep().await;
                 state.limiter.sweep();
             }
         });

@@ -53,6 +53,7 @@ fn setup() -> Setup {
         },
         LEASE,
         Duration::from_secs(60),
+        1000,
     )
     .unwrap();
     Setup { stores, prefix }

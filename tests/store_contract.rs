@@ -57,6 +57,7 @@ async fn redis(limits: StoreLimits) -> Stores {
             },
             LEASE,
             Duration::from_secs(60),
+            1000,
         )
         .unwrap()
     };

@@ -209,6 +209,7 @@ impl<'a> Drive<'a> {
                 content: done.content,
                 tool_calls: done.tool_calls,
                 tokens: done.usage.map(|u| u.total_tokens),
+                usage: done.usage.unwrap_or_default(),
             })
         }
     }
@@ -222,6 +223,7 @@ impl<'a> Drive<'a> {
         let mut content = String::new();
         let mut calls = ToolCallAssembler::default();
         let mut tokens = None;
+        let mut last_usage = None;
         while let Some(chunk) = stream.next().await {
             let ChatChunk {
                 delta,
@@ -230,6 +232,7 @@ impl<'a> Drive<'a> {
                 ..
             } = chunk?;
             tokens = usage.map(|u| u.total_tokens).or(tokens);
+            last_usage = usage.or(last_usage);
             for d in tool_calls {
                 calls.push(d);
             }
@@ -244,6 +247,7 @@ impl<'a> Drive<'a> {
             content,
             tool_calls: calls.finish(),
             tokens,
+            usage: last_usage.unwrap_or_default(),
         })
     }
 

@@ -11,7 +11,7 @@
 //! kept. Dropping the machine at any point (a cancelled turn) leaves nothing behind: the new
 //! messages are handed out only by [`Action::Finish`].
 
-use crate::llm::{Message, ToolCall};
+use crate::llm::{Message, ToolCall, Usage};
 
 /// What the model answered in one step.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -20,6 +20,8 @@ pub struct ModelAnswer {
     pub tool_calls: Vec<ToolCall>,
     /// `total_tokens` of this call, when the upstream said.
     pub tokens: Option<u64>,
+    /// This call's usage as the upstream reported it (zeros when it did not).
+    pub usage: Usage,
 }
 
 /// One tool call's outcome, as the model will see it.
@@ -47,6 +49,8 @@ pub struct Finished {
     /// Model calls made.
     pub steps: u32,
     pub tokens_used: u64,
+    /// Every model call's usage, summed.
+    pub usage: Usage,
     pub calls: Vec<CallRecord>,
 }
 
@@ -86,6 +90,7 @@ pub struct ToolLoop {
     max_steps: u32,
     steps: u32,
     tokens: u64,
+    usage: Usage,
     calls: Vec<CallRecord>,
     state: State,
 }
@@ -101,6 +106,7 @@ impl ToolLoop {
             max_steps: max_steps.max(1),
             steps: 0,
             tokens: 0,
+            usage: Usage::default(),
             calls: Vec::new(),
             state: State::Ready,
         }
@@ -138,6 +144,9 @@ impl ToolLoop {
             return Err(LoopError("an answer that was not asked for"));
         }
         self.tokens += answer.tokens.unwrap_or(0);
+        self.usage.prompt_tokens += answer.usage.prompt_tokens;
+        self.usage.completion_tokens += answer.usage.completion_tokens;
+        self.usage.total_tokens += answer.usage.total_tokens;
         if answer.tool_calls.is_empty() || self.steps >= self.max_steps {
             // The end: an answer without calls, or the last step (its calls are dropped).
             self.messages
@@ -186,6 +195,7 @@ impl ToolLoop {
             new_messages: self.messages.split_off(self.added_from),
             steps: self.steps,
             tokens_used: self.tokens,
+            usage: self.usage,
             calls: std::mem::take(&mut self.calls),
         })
     }
@@ -204,6 +214,7 @@ mod tests {
             content: content.into(),
             tool_calls: calls,
             tokens: Some(tokens),
+            usage: Usage::default(),
         }
     }
 

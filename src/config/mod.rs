@@ -107,6 +107,7 @@ pub struct ConfigError {
 /// | `CORS_ORIGINS` | unset (no cross-origin access) |
 /// | `AGENTS_FILE` / `TOOL_RESULT_MAX_BYTES` | `agents.toml` (if present) / `65536` |
 /// | `RUN_TTL_SECS` / `RUN_LOG_MAX_BYTES` / `RUN_LOGS_MAX_MIB` | `600` / `1048576` / `256` |
+/// | `RESPONSE_TTL_SECS` / `MAX_RESPONSES_PER_KEY` | `86400` / `1000` |
 /// | `ECHO_DELAY_MS` | `15` (pause between the echo provider's chunks) |
 /// | `RUST_LOG` / `LOG_FORMAT` | `info` / `pretty` |
 #[derive(Debug, Clone)]
@@ -122,6 +123,10 @@ pub struct Config {
     /// `RUN_LOGS_MAX_MIB`, in bytes: every log this process holds; past it the oldest ended
     /// runs are dropped before their TTL.
     pub run_logs_max_bytes: usize,
+    /// `RESPONSE_TTL_SECS`: a stored `/v1/responses` response is kept this long after it ends.
+    pub response_ttl: Duration,
+    /// `MAX_RESPONSES_PER_KEY`: stored responses of one key; past it its oldest go first.
+    pub max_responses_per_key: usize,
     pub addr: SocketAddr,
     pub provider: ProviderKind,
     pub openai_api_key: Option<Secret>,
@@ -395,6 +400,8 @@ impl Config {
             run_ttl: secs(&get, "RUN_TTL_SECS", 600)?,
             run_log_max_bytes: count(&get, "RUN_LOG_MAX_BYTES", 1 << 20)?,
             run_logs_max_bytes: count(&get, "RUN_LOGS_MAX_MIB", 256)?.saturating_mul(1 << 20),
+            response_ttl: secs(&get, "RESPONSE_TTL_SECS", 86_400)?,
+            max_responses_per_key: count(&get, "MAX_RESPONSES_PER_KEY", 1000)?,
             addr: SocketAddr::new(host, port),
             provider,
             openai_api_key,

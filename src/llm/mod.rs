@@ -308,6 +308,8 @@ impl ChatChunk {
 pub struct Completion {
     pub content: String,
     pub tool_calls: Vec<ToolCall>,
+    /// `choices[0].finish_reason` (`stop`, `length`, `tool_calls`, ...).
+    pub finish_reason: Option<String>,
     pub usage: Option<Usage>,
     pub raw: String,
 }
@@ -315,9 +317,12 @@ pub struct Completion {
 impl Completion {
     pub fn parse(raw: String) -> Result<Self, LlmError> {
         let wire = parse_wire(&raw)?;
-        let message = wire
-            .choices
-            .and_then(|c| c.into_iter().next())
+        let choice = wire.choices.and_then(|c| c.into_iter().next());
+        let finish_reason = choice
+            .as_ref()
+            .and_then(|c| c.finish_reason.as_deref())
+            .map(str::to_owned);
+        let message = choice
             .and_then(|c| c.message)
             .ok_or_else(|| LlmError::BadResponse("completion has no choices[0].message".into()))?;
         let content = message.content.map(Cow::into_owned).unwrap_or_default();
@@ -334,6 +339,7 @@ impl Completion {
         Ok(Self {
             content,
             tool_calls: calls.finish(),
+            finish_reason,
             usage,
             raw,
         })
@@ -399,6 +405,7 @@ pub trait LlmProvider: Send + Sync + 'static {
         Ok(Completion {
             content,
             tool_calls,
+            finish_reason: finish,
             usage,
             raw,
         })

@@ -17,7 +17,9 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::llm::{FunctionCall, Message, ToolCall, Usage};
+use super::events::Output;
+use crate::llm::tool_calls::FunctionDelta;
+use crate::llm::{FunctionCall, Message, ToolCall, ToolCallDelta, Usage};
 
 /// A request part that cannot be translated: 400 `invalid_request_error` with this `param`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,6 +109,29 @@ pub fn to_messages(
                 let mut m = Message::new("tool", output);
                 m.tool_call_id = Some(call_id);
                 out.push(m);
+            }
+            // A tool run here (an agent's earlier response): its call, then its result.
+            Some("mcp_call") => {
+                let id = string(obj, "id", &param("id"))?;
+                let call = ToolCall {
+                    id: id.clone(),
+                    kind: "function".into(),
+                    function: FunctionCall {
+                        name: string(obj, "name", &param("name"))?,
+                        arguments: string(obj, "arguments", &param("arguments"))?,
+                    },
+                };
+                match out.last_mut() {
+                    Some(m) if m.role == "assistant" && m.tool_calls.is_none() => {
+                        m.tool_calls = Some(vec![call]);
+                    }
+                    _ => out.push(Message::assistant_calls("", vec![call])),
+                }
+                let result = match obj.get("output").and_then(Value::as_str) {
+                    Some(output) => output.to_owned(),
+                    None => json!({"error": obj.get("error")}).to_string(),
+                };
+                out.push(Message::tool_result(&id, result));
             }
             Some(other) => {
                 return Err(bad(
@@ -204,32 +229,22 @@ pub fn tool_choice_to_chat(choice: &Value) -> Result<Value, InputError> {
 
 /// The output items of one answer: a `message` (when there is text), then its function calls.
 /// `id` makes each item's id from its kind (`msg`, `fc`).
-pub fn output_items(
-    text: &str,
-    calls: &[ToolCall],
-    mut id: impl FnMut(&str) -> String,
-) -> Vec<Value> {
-    let mut out = Vec::with_capacity(calls.len() + 1);
-    if !text.is_empty() {
-        out.push(json!({
-            "id": id("msg"),
-            "type": "message",
-            "role": "assistant",
-            "status": "completed",
-            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
-        }));
+pub fn output_items(text: &str, calls: &[ToolCall]) -> Vec<Value> {
+    // Made by the same [`Output`] that streams them, so that both have one shape.
+    let mut out = Output::new(false);
+    out.text(text);
+    for (i, call) in calls.iter().enumerate() {
+        out.call_delta(&ToolCallDelta {
+            index: Some(i as u32),
+            id: Some(call.id.clone()),
+            function: Some(FunctionDelta {
+                name: Some(call.function.name.clone()),
+                arguments: Some(call.function.arguments.clone()),
+            }),
+        });
     }
-    for call in calls {
-        out.push(json!({
-            "id": id("fc"),
-            "type": "function_call",
-            "call_id": call.id,
-            "name": call.function.name,
-            "arguments": call.function.arguments,
-            "status": "completed",
-        }));
-    }
-    out
+    out.close();
+    out.into_items()
 }
 
 /// The usage of a response (every model call of it summed), in the Responses API's shape.
@@ -376,18 +391,14 @@ mod tests {
                 arguments: "{\"city\":\"Paris\"}".into(),
             },
         }];
-        let mut n = 0;
-        let mut id = |kind: &str| {
-            n += 1;
-            format!("{kind}_{n}")
-        };
-        let items = output_items("Let me look.", &calls, &mut id);
+        let items = output_items("Let me look.", &calls);
         assert_eq!(items[0]["type"], "message");
         assert_eq!(items[0]["content"][0]["text"], "Let me look.");
         assert_eq!(items[1]["call_id"], "call_1");
-        assert_eq!(items[1]["id"], "fc_2");
+        assert!(items[1]["id"].as_str().unwrap().starts_with("fc_"));
+        assert_eq!(items[1]["status"], "completed");
         // No text: no message item.
-        let only_calls = output_items("", &calls, &mut id);
+        let only_calls = output_items("", &calls);
         assert_eq!(only_calls.len(), 1);
         // Fed back as input (previous_response_id), the same turn comes out.
         let back = to_messages(None, &items).unwrap();

@@ -9,6 +9,7 @@ pub mod conversations;
 pub mod health;
 pub mod openai;
 pub mod page;
+pub mod responses;
 pub mod runs;
 pub mod stream;
 pub mod tasks;
@@ -54,6 +55,10 @@ pub const ROUTES: &[Route] = &[
     route("/agents/{name}", &["GET"]),
     route("/v1/chat/completions", &["POST"]),
     route("/v1/models", &["GET"]),
+    route("/v1/responses", &["POST"]),
+    route("/v1/responses/{response_id}", &["GET", "DELETE"]),
+    route("/v1/responses/{response_id}/cancel", &["POST"]),
+    route("/v1/responses/{response_id}/input_items", &["GET"]),
     route("/metrics", &["GET"]),
     route("/openapi.json", &["GET"]),
     route("/docs", &["GET"]),
@@ -84,6 +89,12 @@ fn handlers(path: &str) -> MethodRouter<AppState> {
         "/agents/{name}" => get(agents::get_agent),
         "/v1/chat/completions" => post(openai::chat_completions),
         "/v1/models" => get(openai::list_models),
+        "/v1/responses" => post(responses::create_response),
+        "/v1/responses/{response_id}" => {
+            get(responses::get_response).delete(responses::delete_response)
+        }
+        "/v1/responses/{response_id}/cancel" => post(responses::cancel_response),
+        "/v1/responses/{response_id}/input_items" => get(responses::input_items),
         "/metrics" => get(health::metrics),
         "/openapi.json" => get(openapi::spec),
         "/docs" => get(openapi::docs_root),

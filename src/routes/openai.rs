@@ -274,16 +274,23 @@ fn openai_events(
 }
 
 #[utoipa::path(get, path = "/v1/models", tag = "openai",
-    responses((status = 200, description = "`{\"object\": \"list\", \"data\": [{\"id\", \"object\": \"model\", ...}]}`", body = Object),
+    responses((status = 200, description = "`{\"object\": \"list\", \"data\": [{\"id\", \"object\": \"model\", ...}]}`: the `MODELS`, then `agent:<name>` for each agent", body = Object),
         (status = 401, body = OpenAiErrorBody)),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn list_models(State(state): State<AppState>) -> Json<Value> {
     let created = chrono::Utc::now().timestamp() - state.started.elapsed().as_secs() as i64;
+    let model = |id: &str| json!({"id": id, "object": "model", "created": created, "owned_by": "agent-api"});
+    // The agents too, as `agent:<name>` (what `/v1/responses` runs with its tools here).
+    let agents = state
+        .agents
+        .all()
+        .map(|a| format!("{}{}", crate::responses::AGENT_PREFIX, a.name));
     let data: Vec<Value> = state
         .config
         .models
         .iter()
-        .map(|id| json!({"id": id, "object": "model", "created": created, "owned_by": "agent-api"}))
+        .map(|id| model(id))
+        .chain(agents.map(|id| model(&id)))
         .collect();
     Json(json!({"object": "list", "data": data}))
 }

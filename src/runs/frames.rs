@@ -56,6 +56,7 @@ pub fn task_done(task_id: &str, result: Option<&str>, run_id: &str) -> Frame {
 pub fn name(text: &str) -> Option<&'static str> {
     ["tool_call", "tool_result", "error"]
         .into_iter()
+        .chain(crate::responses::events::EVENT_TYPES.iter().copied())
         .find(|n| *n == text)
 }
 

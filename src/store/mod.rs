@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::llm::Message;
 
-pub use memory::{MemoryConversationStore, MemoryQueue, MemoryTaskStore};
+pub use memory::{MemoryConversationStore, MemoryQueue, MemoryResponseStore, MemoryTaskStore};
 
 /// The bounds every store keeps (memory and Redis alike; `max_bytes` is the memory store's).
 #[derive(Debug, Clone)]
@@ -328,4 +328,61 @@ pub trait TaskQueue: Send + Sync + 'static {
     fn shared(&self) -> bool {
         false
     }
+}
+
+/// A stored `/v1/responses` response (API.md, "OpenAI Responses API"): the response object as
+/// answered, what it was asked, and what a response that names it as `previous_response_id`
+/// reads first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredResponse {
+    pub owner: String,
+    /// The response object (`id`, `status`, `output`, `usage`, ...), as `GET` answers it.
+    pub response: serde_json::Value,
+    /// This request's input items, each with an `id` (`GET .../input_items`).
+    pub input: Vec<serde_json::Value>,
+    /// The items before them: the previous responses' inputs and outputs, oldest first.
+    pub context: Vec<serde_json::Value>,
+    pub background: bool,
+    /// The run that produces it (streamed or background), for its events and cancel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+}
+
+impl StoredResponse {
+    pub fn id(&self) -> &str {
+        self.response
+            .get("id")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+    }
+
+    pub fn status(&self) -> &str {
+        self.response
+            .get("status")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+    }
+
+    /// Ended: completed, failed, cancelled or incomplete.
+    pub fn ended(&self) -> bool {
+        !matches!(self.status(), "queued" | "in_progress")
+    }
+}
+
+/// Stored responses, per key, each kept `ttl` from its last write (its completion, for one
+/// that ran); a key at its quota loses its own oldest first.
+#[async_trait]
+pub trait ResponseStore: Send + Sync + 'static {
+    /// Writes `r` (a new one, or a later state of one). `replace_only`: only if it is still
+    /// held (a response deleted while it ran stays deleted). False when nothing was written.
+    async fn put(
+        &self,
+        r: &StoredResponse,
+        ttl: Duration,
+        replace_only: bool,
+    ) -> Result<bool, StoreError>;
+    async fn get(&self, owner: &str, id: &str) -> Result<Option<StoredResponse>, StoreError>;
+    async fn delete(&self, owner: &str, id: &str) -> Result<bool, StoreError>;
+    /// Drops expired responses; called periodically.
+    async fn sweep(&self) {}
 }

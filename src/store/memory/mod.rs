@@ -4,18 +4,21 @@
 //!   that never crosses keys while a key is under its share.
 //! - [`tasks`]: task records, with a per-key quota.
 //! - [`queue`]: the task queue, with the same leases as the Redis one.
+//! - [`responses`]: stored `/v1/responses` responses, with a per-key quota.
 //!
-//! Both draw on one [`ByteBudget`] (`MAX_STORE_MIB`), so that what they hold is bounded in
+//! All draw on one [`ByteBudget`] (`MAX_STORE_MIB`), so that what they hold is bounded in
 //! bytes as well as in count. No DashMap guard is ever held across an `.await`.
 
 pub mod conversations;
 pub mod queue;
+pub mod responses;
 pub mod tasks;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use conversations::MemoryConversationStore;
 pub use queue::MemoryQueue;
+pub use responses::MemoryResponseStore;
 pub use tasks::MemoryTaskStore;
 
 use super::StoreLimits;
@@ -65,9 +68,23 @@ impl ByteBudget {
 
 /// The memory stores for `limits`, sharing one byte budget.
 pub fn stores(limits: &StoreLimits) -> (MemoryConversationStore, MemoryTaskStore) {
+    let (conversations, tasks, _) = all_stores(limits, 1000);
+    (conversations, tasks)
+}
+
+/// [`stores`] and the stored responses (`max_responses_per_key`), on the same byte budget.
+pub fn all_stores(
+    limits: &StoreLimits,
+    max_responses_per_key: usize,
+) -> (
+    MemoryConversationStore,
+    MemoryTaskStore,
+    MemoryResponseStore,
+) {
     let budget = std::sync::Arc::new(ByteBudget::new(limits.max_bytes));
     (
         MemoryConversationStore::with_budget(limits, std::sync::Arc::clone(&budget)),
-        MemoryTaskStore::with_budget(limits, budget),
+        MemoryTaskStore::with_budget(limits, std::sync::Arc::clone(&budget)),
+        MemoryResponseStore::new(max_responses_per_key, budget),
     )
 }

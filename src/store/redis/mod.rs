@@ -14,7 +14,9 @@
 //!   the pub/sub channel `tasks:cancel`;
 //! - `rl:{bucket}` (the GCRA theoretical arrival time of a rate-limit bucket);
 //! - `streams:{owner}` (sorted set of a key's open streams, by the end of their lease);
-//! - `run:{id}` (hash) and `run:{id}:log` (stream): a run's event log ([`runs`]).
+//! - `run:{id}` (hash) and `run:{id}:log` (stream): a run's event log ([`runs`]);
+//! - `resp:{id}` (hash: owner, data) and `owner:{owner}:resps` (sorted set): stored
+//!   `/v1/responses` responses ([`responses`]).
 //!
 //! Turns on a conversation are serialized across replicas by a lease lock with a random token,
 //! renewed while the turn runs; the commit is a Lua script that checks the token (fencing), so
@@ -28,6 +30,7 @@
 pub mod conversations;
 pub mod limiter;
 pub mod queue;
+pub mod responses;
 pub mod runs;
 pub mod streams;
 pub mod tasks;
@@ -42,6 +45,7 @@ use tokio::task::JoinHandle;
 pub use conversations::RedisConversationStore;
 pub use limiter::RedisRateLimiter;
 pub use queue::RedisQueue;
+pub use responses::RedisResponseStore;
 pub use runs::{RedisRuns, RemoteRun};
 pub use streams::RedisStreams;
 pub use tasks::RedisTaskStore;
@@ -153,6 +157,7 @@ pub struct RedisStores {
     pub streams: Arc<RedisStreams>,
     pub queue: Arc<RedisQueue>,
     pub runs: Arc<RedisRuns>,
+    pub responses: Arc<RedisResponseStore>,
 }
 
 impl RedisStores {
@@ -160,9 +165,14 @@ impl RedisStores {
         settings: RedisSettings,
         task_lease: Duration,
         run_ttl: Duration,
+        max_responses_per_key: usize,
     ) -> Result<Self, StoreError> {
         let redis = Redis::connect(&settings.url, &settings.prefix)?;
         Ok(Self {
+            responses: Arc::new(RedisResponseStore::new(
+                redis.clone(),
+                max_responses_per_key,
+            )),
             runs: Arc::new(RedisRuns::new(redis.clone(), task_lease, run_ttl)),
             conversations: Arc::new(RedisConversationStore::new(redis.clone(), settings.clone())),
             tasks: Arc::new(RedisTaskStore::new(redis.clone(), settings.limits.clone())),
