@@ -322,7 +322,6 @@ pub async fn prepare(
         "metadata": metadata.unwrap_or_else(|| json!({})),
         "text": {"format": {"type": "text"}},
         "truncation": "disabled",
-        "usage": null,
     });
     Ok(Prepared {
         owner: owner.to_owned(),

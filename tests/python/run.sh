@@ -16,4 +16,4 @@ fi
 cargo build --locked --quiet --manifest-path "$root/Cargo.toml"
 export AGENT_API_BIN="$target_dir/debug/agent-api"
 cd "$here"
-"$venv/bin/python" -m pytest -q -p no:cacheprovider test_openai_sdk.py
+"$venv/bin/python" -m pytest -q -p no:cacheprovider test_openai_sdk.py test_responses.py

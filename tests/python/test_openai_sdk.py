@@ -19,7 +19,7 @@ def base_url():
         "PATH": os.environ.get("PATH", ""),
         "PORT": "0",
         "LOG_FORMAT": "json",
-        "API_KEYS": f"sdk={KEY}",
+        "API_KEYS": f"sdk={KEY},other=other-key",
         "ECHO_DELAY_MS": "0",
         "MODELS": "gpt-4o-mini,gpt-4o",
         "RATE_LIMIT_BURST": "1000",
@@ -81,7 +81,7 @@ def test_stream(base_url):
 
 def test_models_list(base_url):
     ids = [m.id for m in client(base_url).models.list()]
-    assert ids == ["gpt-4o-mini", "gpt-4o"]
+    assert ids == ["gpt-4o-mini", "gpt-4o", "agent:default"]
 
 
 def test_wrong_key_raises_authentication_error(base_url):
