@@ -723,3 +723,121 @@ async fn echo_runs_the_loop_offline() {
     assert_eq!(plain["response"], "Echo: [tool:lookup_order {}]");
     assert!(plain.get("tool_calls").is_none());
 }
+
+/// `/v1/responses` with `agent:<name>`: the agent's tools run here and come back as
+/// `mcp_call` items (`server_label: "http"` for HTTP tools), whole and streamed.
+#[tokio::test]
+async fn responses_run_an_agents_tools_as_mcp_call_items() {
+    let (fake, app, tools) = setup(1, |b| {
+        calls(
+            b,
+            &[("lookup_order", r#"{"order_id":"42"}"#), ("failing", "{}")],
+        )
+    })
+    .await;
+    let (status, r) = app
+        .post(
+            "/v1/responses",
+            json!({"model": "agent:support", "input": "where is order 42?"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["status"], "completed");
+    assert_eq!(r["model"], "agent:support");
+    let output = r["output"].as_array().unwrap();
+    let mcp: Vec<&Value> = output.iter().filter(|i| i["type"] == "mcp_call").collect();
+    assert_eq!(mcp.len(), 2, "{r}");
+    let lookup = mcp.iter().find(|i| i["name"] == "lookup_order").unwrap();
+    assert_eq!(lookup["server_label"], "http");
+    assert_eq!(lookup["output"], "order 42: shipped");
+    assert_eq!(lookup["status"], "completed");
+    let failing = mcp.iter().find(|i| i["name"] == "failing").unwrap();
+    assert_eq!(failing["status"], "failed");
+    assert!(failing["error"].is_object());
+    let last = output.last().unwrap();
+    assert_eq!(last["type"], "message");
+    assert_eq!(last["content"][0]["text"], "Your order has shipped.");
+    // The agent's instructions went up first; usage sums both model calls.
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0]["messages"][0]["role"], "system");
+    assert!(r["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(tools.calls.lock().unwrap().len(), 2);
+
+    // Streamed: the same items, each with its events.
+    let res = app
+        .client
+        .post(format!("{}/v1/responses", app.url))
+        .json(&json!({"model": "agent:support", "input": "order 42?", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let events = read_sse(res).await;
+    let kinds: Vec<String> = events.iter().filter_map(|(_, e)| e.event.clone()).collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| *k == "response.mcp_call.in_progress")
+            .count(),
+        2
+    );
+    assert!(kinds.iter().any(|k| k == "response.mcp_call.completed"));
+    assert!(kinds.iter().any(|k| k == "response.mcp_call.failed"));
+    assert_eq!(kinds.last().unwrap(), "response.completed");
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|(_, e)| {
+            serde_json::from_str::<Value>(&e.data).unwrap()["sequence_number"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+    // Client tools cannot be mixed with an agent's.
+    let (status, body) = app
+        .post(
+            "/v1/responses",
+            json!({"model": "agent:support", "input": "x",
+                "tools": [{"type": "function", "name": "f"}]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "tools");
+}
+
+/// Cancelling a background agent response ends its running tool call at once.
+#[tokio::test]
+async fn cancelling_a_background_response_stops_its_tool_call() {
+    let (_fake, app, tools) = setup(10, |b| calls(b, &[("slow", "{}")])).await;
+    let (status, r) = app
+        .post(
+            "/v1/responses",
+            json!({"model": "agent:support", "input": "be slow", "background": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    let id = r["id"].as_str().unwrap();
+    // Wait for the tool call to start.
+    for _ in 0..100 {
+        if !tools.calls.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = std::time::Instant::now();
+    let (status, r) = app
+        .post(&format!("/v1/responses/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["status"], "cancelled");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    for _ in 0..100 {
+        if tools.dropped.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(tools.dropped.load(Ordering::SeqCst), 1);
+    let (_, got) = app.get(&format!("/v1/responses/{id}")).await;
+    assert_eq!(got["status"], "cancelled");
+}

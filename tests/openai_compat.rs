@@ -68,7 +68,7 @@ async fn sdk_non_stream_and_stream_and_models() {
 
     let models = oa.models().list().await.unwrap();
     let ids: Vec<String> = models.data.into_iter().map(|m| m.id).collect();
-    assert_eq!(ids, ["gpt-4o-mini", "gpt-4o"]);
+    assert_eq!(ids, ["gpt-4o-mini", "gpt-4o", "agent:default"]);
 
     let wrong = client(&app, "k-wrong");
     let err = wrong.chat().create(request(false)).await.unwrap_err();
