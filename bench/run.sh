@@ -7,6 +7,7 @@
 #   bash bench/run.sh --clients        # only the upstream-client comparison: ours and hyper-util's,
 #                                      # scenarios 1 and 3 over HTTP and HTTPS (bench/tls-front), and
 #                                      # memory per stream at 10,000 held streams
+#   bash bench/run.sh --responses      # only /v1/responses beside /v1/chat/completions (scenarios 1, 3)
 #   bash bench/run.sh --agent          # only the agent scenario: a turn with one HTTP tool call
 #                                      # (bench/agent-mock: upstream and tool), the server's own
 #                                      # time per step beyond the two model calls and the tool call
@@ -29,12 +30,14 @@ HOLD=""
 ONLY_OPEN_LOOP=""
 CLIENTS=""
 AGENT=""
+RESPONSES=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --hold) HOLD="$2"; shift ;;
     --open-loop) ONLY_OPEN_LOOP=1 ;;
     --clients) CLIENTS=1 ;;
     --agent) AGENT=1 ;;
+    --responses) RESPONSES=1 ;;
     *) echo "bench: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -155,12 +158,33 @@ PY
   exit 0
 fi
 
+# /v1/responses beside /v1/chat/completions, in one run: the same mock answers both (the server
+# translates a Responses request to Chat Completions upstream), so the two ratios compare.
+responses_rows() {
+  echo "## openai profile (/v1/chat/completions): scenarios 1 and 3"
+  bash "$HARNESS/run.sh" --profile openai --target "$target" --label "agent-api /v1/chat/completions" \
+    --server-cmd "$cmd" -H "Authorization: Bearer $KEY" --scenarios 1,3
+  echo
+  echo "## /v1/responses (store: false, as /v1/chat/completions keeps nothing): scenarios 1 and 3"
+  bash "$HARNESS/run.sh" --profile openai --target "$target" --label "agent-api /v1/responses" \
+    --server-cmd "$cmd" -H "Authorization: Bearer $KEY" --scenarios 1,3 \
+    --chat-path /v1/responses --chat-body '{"model":"gpt-4o-mini","input":"Hello, how are you?","store":false}' \
+    --stream-path /v1/responses --stream-body '{"model":"gpt-4o-mini","input":"Hello, how are you?","store":false,"stream":true}'
+}
+
+if [ -n "$RESPONSES" ]; then
+  responses_rows
+  exit 0
+fi
+
 if [ -z "$ONLY_OPEN_LOOP" ]; then
   echo "## chat profile (/chat, /chat/stream, /health)"
   bash "$HARNESS/run.sh" --target "$target" --label agent-api --server-cmd "$cmd" -H "X-API-Key: $KEY"
   echo
   echo "## openai profile (/v1/chat/completions)"
   bash "$HARNESS/run.sh" --profile openai --target "$target" --label agent-api --server-cmd "$cmd" -H "Authorization: Bearer $KEY"
+  echo
+  responses_rows
 
   if [ -n "$HOLD" ]; then
     for k in ${HOLD//,/ }; do
