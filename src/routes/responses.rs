@@ -150,8 +150,14 @@ async fn settled(state: &AppState, owner: &str, mut r: StoredResponse) -> Stored
     r
 }
 
+/// The caller's stored response `id` as it was written; 404 for none.
+async fn stored(state: &AppState, owner: &str, id: &str) -> Result<StoredResponse, ApiError> {
+    state.responses.get(owner, id).await?.ok_or(NOT_FOUND)
+}
+
+/// The same, [`settled`].
 async fn held(state: &AppState, owner: &str, id: &str) -> Result<StoredResponse, ApiError> {
-    let r = state.responses.get(owner, id).await?.ok_or(NOT_FOUND)?;
+    let r = stored(state, owner, id).await?;
     Ok(settled(state, owner, r).await)
 }
 
@@ -247,12 +253,7 @@ pub async fn delete_response(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, OpenAiError> {
-    let r = state
-        .responses
-        .get(&caller.owner, &id)
-        .await
-        .map_err(ApiError::from)?
-        .ok_or(NOT_FOUND)?;
+    let r = stored(&state, &caller.owner, &id).await?;
     if !state
         .responses
         .delete(&caller.owner, &id)
@@ -351,12 +352,7 @@ pub async fn input_items(
             .filter(|n| (1..=100).contains(n))
             .ok_or_else(|| invalid("query", "limit", "`limit` must be an integer from 1 to 100"))?,
     };
-    let r = state
-        .responses
-        .get(&caller.owner, &id)
-        .await
-        .map_err(ApiError::from)?
-        .ok_or(NOT_FOUND)?;
+    let r = stored(&state, &caller.owner, &id).await?;
     let mut items = r.input;
     if desc {
         items.reverse();
