@@ -95,13 +95,15 @@ impl Output {
         self.items
     }
 
-    /// An event of `kind` with `fields`, numbered.
-    pub fn event(&mut self, kind: &'static str, mut fields: Value) {
+    /// An event of `kind`, numbered. `fields` is only called when the response is streamed: an
+    /// unstreamed one builds no event at all.
+    pub fn event(&mut self, kind: &'static str, fields: impl FnOnce(&Self) -> Value) {
         let seq = self.seq;
         self.seq += 1;
         if !self.streamed {
             return;
         }
+        let mut fields = fields(self);
         if let Some(obj) = fields.as_object_mut() {
             obj.insert("type".into(), Value::from(kind));
             obj.insert("sequence_number".into(), Value::from(seq));
@@ -111,25 +113,24 @@ impl Output {
 
     /// `response.created` and `response.in_progress`, for the response as it starts.
     pub fn started(&mut self, response: &Value) {
-        self.event("response.created", json!({"response": response}));
-        self.event("response.in_progress", json!({"response": response}));
+        self.event("response.created", |_| json!({"response": response}));
+        self.event("response.in_progress", |_| json!({"response": response}));
     }
 
     fn add_item(&mut self, item: Value) -> usize {
         let output_index = self.items.len();
+        self.items.push(item);
         self.event(
             "response.output_item.added",
-            json!({"output_index": output_index, "item": item}),
+            |o| json!({"output_index": output_index, "item": o.items[output_index]}),
         );
-        self.items.push(item);
         output_index
     }
 
     fn done_item(&mut self, output_index: usize) {
-        let item = self.items[output_index].clone();
         self.event(
             "response.output_item.done",
-            json!({"output_index": output_index, "item": item}),
+            |o| json!({"output_index": output_index, "item": o.items[output_index]}),
         );
     }
 
@@ -146,11 +147,10 @@ impl Output {
                 let at = self
                     .add_item(json!({"id": id, "type": "message", "status": "in_progress",
                     "role": "assistant", "content": []}));
-                self.event(
-                    "response.content_part.added",
+                self.event("response.content_part.added", |_| {
                     json!({"item_id": id, "output_index": at, "content_index": 0,
-                        "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}}),
-                );
+                        "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}})
+                });
                 self.items[at]["content"] = json!([{"type": "output_text", "text": "",
                     "annotations": [], "logprobs": []}]);
                 self.text = Some(at);
@@ -160,12 +160,10 @@ impl Output {
         if let Some(Value::String(text)) = self.items[at].pointer_mut("/content/0/text") {
             text.push_str(delta);
         }
-        let id = self.items[at]["id"].clone();
-        self.event(
-            "response.output_text.delta",
-            json!({"item_id": id, "output_index": at, "content_index": 0, "delta": delta,
-                "logprobs": []}),
-        );
+        self.event("response.output_text.delta", |o| {
+            json!({"item_id": o.items[at]["id"], "output_index": at, "content_index": 0,
+                "delta": delta, "logprobs": []})
+        });
     }
 
     /// Ends the message being written, if any.
@@ -173,17 +171,14 @@ impl Output {
         let Some(at) = self.text.take() else {
             return;
         };
-        let id = self.items[at]["id"].clone();
-        let part = self.items[at]["content"][0].clone();
-        self.event(
-            "response.output_text.done",
-            json!({"item_id": id, "output_index": at, "content_index": 0,
-                "text": part["text"], "logprobs": []}),
-        );
-        self.event(
-            "response.content_part.done",
-            json!({"item_id": id, "output_index": at, "content_index": 0, "part": part}),
-        );
+        self.event("response.output_text.done", |o| {
+            json!({"item_id": o.items[at]["id"], "output_index": at, "content_index": 0,
+                "text": o.items[at]["content"][0]["text"], "logprobs": []})
+        });
+        self.event("response.content_part.done", |o| {
+            json!({"item_id": o.items[at]["id"], "output_index": at, "content_index": 0,
+                "part": o.items[at]["content"][0]})
+        });
         self.items[at]["status"] = json!("completed");
         self.done_item(at);
     }
@@ -218,20 +213,20 @@ impl Output {
         if let Some(Value::String(a)) = self.items[at].get_mut("arguments") {
             a.push_str(args);
         }
-        let id = self.items[at]["id"].clone();
         self.event(
             "response.function_call_arguments.delta",
-            json!({"item_id": id, "output_index": at, "delta": args}),
+            |o| json!({"item_id": o.items[at]["id"], "output_index": at, "delta": args}),
         );
     }
 
     fn close_calls(&mut self) {
         for call in std::mem::take(&mut self.calls) {
             let at = call.output_index;
-            let item = &self.items[at];
-            let fields = json!({"item_id": item["id"], "output_index": at, "name": item["name"],
-                "arguments": item["arguments"]});
-            self.event("response.function_call_arguments.done", fields);
+            self.event("response.function_call_arguments.done", |o| {
+                let item = &o.items[at];
+                json!({"item_id": item["id"], "output_index": at, "name": item["name"],
+                    "arguments": item["arguments"]})
+            });
             self.items[at]["status"] = json!("completed");
             self.done_item(at);
         }
@@ -249,11 +244,11 @@ impl Output {
         );
         self.event(
             "response.mcp_call_arguments.done",
-            json!({"item_id": id, "output_index": at, "arguments": arguments}),
+            |_| json!({"item_id": id, "output_index": at, "arguments": arguments}),
         );
         self.event(
             "response.mcp_call.in_progress",
-            json!({"item_id": id, "output_index": at}),
+            |_| json!({"item_id": id, "output_index": at}),
         );
     }
 
@@ -276,7 +271,7 @@ impl Output {
                 "response.mcp_call.failed"
             }
         };
-        self.event(kind, json!({"item_id": id, "output_index": at}));
+        self.event(kind, |_| json!({"item_id": id, "output_index": at}));
         self.done_item(at);
     }
 

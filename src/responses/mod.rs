@@ -51,12 +51,6 @@ pub struct Prepared {
     pub record: StoredResponse,
 }
 
-impl Prepared {
-    pub fn id(&self) -> &str {
-        self.record.id()
-    }
-}
-
 fn invalid(param: &str, msg: impl Into<String>) -> FieldError {
     FieldError::body(param, msg, "invalid_value")
 }

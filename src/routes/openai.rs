@@ -201,6 +201,18 @@ fn validate(
     Ok((request, stream, wants_usage))
 }
 
+/// A `/v1` request body as the JSON object it must be (400 otherwise).
+pub fn object_body(body: Value) -> Result<Map<String, Value>, ApiError> {
+    match body {
+        Value::Object(body) => Ok(body),
+        _ => Err(ApiError::Validation(vec![FieldError {
+            loc: vec![json!("body")],
+            msg: "the body must be a JSON object".into(),
+            kind: "invalid_value".into(),
+        }])),
+    }
+}
+
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
     request_body(content = ChatCompletionRequestDoc, description = "OpenAI's chat-completions request: the fields of OpenAI's published schema pass through to the upstream (others only when named in PASSTHROUGH_FIELDS)"),
     responses((status = 200, description = "A `chat.completion`, or with `stream: true` an SSE stream of `chat.completion.chunk`s ending with `data: [DONE]`",
@@ -218,14 +230,7 @@ pub async fn chat_completions(
     body: Result<AppJson<Value>, ApiError>,
 ) -> Result<Response, OpenAiError> {
     let AppJson(body) = body?;
-    let Value::Object(body) = body else {
-        return Err(ApiError::Validation(vec![FieldError {
-            loc: vec![json!("body")],
-            msg: "the body must be a JSON object".into(),
-            kind: "invalid_value".into(),
-        }])
-        .into());
-    };
+    let body = object_body(body)?;
     let (request, stream, wants_usage) = validate(body, &state.config)?;
     if !stream {
         let completion = state.llm.complete(request).await.map_err(ApiError::from)?;

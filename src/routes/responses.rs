@@ -45,9 +45,7 @@ pub async fn create_response(
     body: Result<AppJson<Value>, ApiError>,
 ) -> Result<Response, OpenAiError> {
     let AppJson(body) = body?;
-    let Value::Object(body) = body else {
-        return Err(invalid("body", "body", "the body must be a JSON object").into());
-    };
+    let body = crate::routes::openai::object_body(body)?;
     let p = prepare(&state, &caller.owner, body).await?;
     if !p.stream && !p.background {
         let record = engine::run_whole(&state, p).await?;
