@@ -8,6 +8,7 @@
 //! record is stored before the run's terminal event, so that whoever sees the event can read it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -15,11 +16,13 @@ use tokio::time::Instant;
 
 use super::Prepared;
 use super::events::Output;
-use super::translate::usage_json;
+use super::object::ResponseStatus;
+use super::translate::usage;
 use crate::agent::TurnEvent;
+use crate::agent::agents::Agent;
 use crate::agent::driver::{Drive, Events};
 use crate::error::ApiError;
-use crate::llm::{LlmError, Messages, Usage};
+use crate::llm::{ChatRequest, LlmError, Message, Messages, Usage};
 use crate::runs::{RunStatus, RunWriter};
 use crate::state::AppState;
 use crate::store::StoredResponse;
@@ -39,21 +42,22 @@ enum End {
 
 /// Runs `p` without a run (a whole, unstreamed answer): its error is the caller's to answer.
 /// The record, stored when `p.store`.
-pub async fn run_whole(state: &AppState, p: Prepared) -> Result<StoredResponse, ApiError> {
+pub async fn run_whole(state: &AppState, mut p: Prepared) -> Result<StoredResponse, ApiError> {
     let mut out = Output::new(false);
-    let made = produce(state, &p, &mut out, None).await?;
+    let work = Work::of(&mut p);
+    let made = produce(state, work, &mut out, None).await?;
     let record = finish(state, p, out, End::Done(made), None).await;
     Ok(record)
 }
 
 /// Runs `p` as the run `writer` writes (streamed or background); its record was stored first
 /// when `p.store`.
-pub async fn run_logged(state: &AppState, p: Prepared, writer: RunWriter) {
+pub async fn run_logged(state: &AppState, mut p: Prepared, writer: RunWriter) {
     let mut out = Output::new(true);
     out.started(&p.record.response);
     flush(&mut out, Some(&writer));
     let end = {
-        let work = produce(state, &p, &mut out, Some(&writer));
+        let work = produce(state, Work::of(&mut p), &mut out, Some(&writer));
         tokio::select! {
             r = work => match r {
                 Ok(made) => End::Done(made),
@@ -92,41 +96,40 @@ async fn finish(
     writer: Option<&RunWriter>,
 ) -> StoredResponse {
     let mut record = p.record;
+    let r = &mut record.response;
     let (status, run_status) = match &end {
         End::Done(made) => {
             out.close();
-            let r = &mut record.response;
-            r["usage"] = usage_json(made.usage);
+            r.usage = Some(usage(made.usage));
             if made.finish_reason.as_deref() == Some("length") {
-                r["incomplete_details"] = json!({"reason": "max_output_tokens"});
-                ("incomplete", RunStatus::Completed)
+                r.incomplete_details = Some(json!({"reason": "max_output_tokens"}));
+                (ResponseStatus::Incomplete, RunStatus::Completed)
             } else {
-                ("completed", RunStatus::Completed)
+                (ResponseStatus::Completed, RunStatus::Completed)
             }
         }
         End::Failed(e) => {
             out.cut();
-            record.response["error"] = error_object(e);
-            ("failed", RunStatus::Failed)
+            r.error = Some(error_object(e));
+            (ResponseStatus::Failed, RunStatus::Failed)
         }
         End::Stopped if writer.is_some_and(RunWriter::shutting_down) => {
             out.cut();
-            record.response["error"] = json!({"code": "server_error",
-                "message": "the server shut down before the response was finished; create it again"});
-            ("failed", RunStatus::Interrupted)
+            r.error = Some(json!({"code": "server_error",
+                "message": "the server shut down before the response was finished; create it again"}));
+            (ResponseStatus::Failed, RunStatus::Interrupted)
         }
         End::Stopped => {
             out.cut();
-            ("cancelled", RunStatus::Cancelled)
+            (ResponseStatus::Cancelled, RunStatus::Cancelled)
         }
     };
     // The events that closed the open items go before the terminal one.
     flush(&mut out, writer);
     let seq = out.next_sequence();
-    let r = &mut record.response;
-    r["status"] = json!(status);
-    r["completed_at"] = json!(chrono::Utc::now().timestamp());
-    r["output"] = Value::Array(out.into_items());
+    r.status = status;
+    r.completed_at = Some(chrono::Utc::now().timestamp());
+    r.output = out.into_items();
     if p.store {
         // Replacing only what is held: a response deleted while it ran stays deleted.
         let replace_only = writer.is_some();
@@ -137,9 +140,13 @@ async fn finish(
     }
     if let Some(w) = writer {
         let (kind, mut data) = match status {
-            "completed" => ("response.completed", json!({"response": record.response})),
-            "incomplete" => ("response.incomplete", json!({"response": record.response})),
-            "failed" => ("response.failed", json!({"response": record.response})),
+            ResponseStatus::Completed => {
+                ("response.completed", json!({"response": record.response}))
+            }
+            ResponseStatus::Incomplete => {
+                ("response.incomplete", json!({"response": record.response}))
+            }
+            ResponseStatus::Failed => ("response.failed", json!({"response": record.response})),
             _ => (
                 "error",
                 json!({"code": "response_cancelled", "message": "the response was cancelled",
@@ -148,31 +155,47 @@ async fn finish(
         };
         data["type"] = json!(kind);
         data["sequence_number"] = json!(seq);
-        let tokens = record.response["usage"]["total_tokens"]
-            .as_u64()
-            .unwrap_or(0);
+        let tokens = record.response.usage.map_or(0, |u| u.total_tokens);
         w.end(run_status, (Some(kind), data.to_string()), tokens);
     }
     record
 }
 
+/// What [`produce`] works from, taken out of the [`Prepared`] (the record stays for
+/// [`finish`]).
+struct Work {
+    agent: Option<Arc<Agent>>,
+    request: ChatRequest,
+    messages: Vec<Message>,
+}
+
+impl Work {
+    fn of(p: &mut Prepared) -> Self {
+        Self {
+            agent: p.agent.take(),
+            request: std::mem::take(&mut p.request),
+            messages: std::mem::take(&mut p.messages),
+        }
+    }
+}
+
 /// The model's or the agent's work, into `out`.
 async fn produce(
     state: &AppState,
-    p: &Prepared,
+    w: Work,
     out: &mut Output,
     writer: Option<&RunWriter>,
 ) -> Result<Made, ApiError> {
     let limit = state.config.turn_timeout;
     let deadline = Instant::now() + limit;
     let work = async {
-        match &p.agent {
+        match &w.agent {
             Some(agent) => {
                 let drive = Drive::new(
                     &*state.llm,
                     &state.agents,
                     agent,
-                    &p.request,
+                    &w.request,
                     deadline,
                     limit,
                 );
@@ -195,7 +218,7 @@ async fn produce(
                     streamed,
                 };
                 let done = drive
-                    .run(p.messages.clone(), None, &mut events)
+                    .run(w.messages, None, &mut events)
                     .await
                     .map_err(ApiError::from)?;
                 if !streamed {
@@ -207,8 +230,8 @@ async fn produce(
                 })
             }
             None => {
-                let mut req = p.request.clone();
-                req.messages = Messages::Turn(p.messages.clone());
+                let mut req = w.request;
+                req.messages = Messages::Turn(w.messages);
                 if writer.is_none() {
                     let done = state.llm.complete(req).await?;
                     let items = super::translate::output_items(&done.content, &done.tool_calls);

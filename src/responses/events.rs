@@ -14,6 +14,7 @@
 
 use serde_json::{Value, json};
 
+use super::object::ResponseObject;
 use crate::llm::ToolCallDelta;
 use crate::runs::Frame;
 
@@ -40,7 +41,13 @@ pub const EVENT_TYPES: &[&str] = &[
 
 /// A new item id: `prefix` and 32 hex digits.
 pub fn item_id(prefix: &str) -> String {
-    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+    let mut hex = [0u8; uuid::fmt::Simple::LENGTH];
+    let hex = uuid::Uuid::new_v4().simple().encode_lower(&mut hex);
+    let mut id = String::with_capacity(prefix.len() + 1 + hex.len());
+    id.push_str(prefix);
+    id.push('_');
+    id.push_str(hex);
+    id
 }
 
 /// A function call the model is making (streamed fragments by their index).
@@ -112,7 +119,7 @@ impl Output {
     }
 
     /// `response.created` and `response.in_progress`, for the response as it starts.
-    pub fn started(&mut self, response: &Value) {
+    pub fn started(&mut self, response: &ResponseObject) {
         self.event("response.created", |_| json!({"response": response}));
         self.event("response.in_progress", |_| json!({"response": response}));
     }
@@ -157,7 +164,7 @@ impl Output {
                 at
             }
         };
-        if let Some(Value::String(text)) = self.items[at].pointer_mut("/content/0/text") {
+        if let Some(text) = message_text(&mut self.items[at]) {
             text.push_str(delta);
         }
         self.event("response.output_text.delta", |o| {
@@ -293,6 +300,14 @@ impl Output {
     }
 }
 
+/// The text of a message item (its first content part's), to write into.
+fn message_text(item: &mut Value) -> Option<&mut String> {
+    match item.get_mut("content")?.get_mut(0)?.get_mut("text")? {
+        Value::String(text) => Some(text),
+        _ => None,
+    }
+}
+
 /// The id of the `mcp_call` item of the tool call `call_id`.
 fn mcp_item_id(call_id: &str) -> String {
     format!("mcp_{call_id}")
@@ -313,7 +328,8 @@ mod tests {
     #[test]
     fn a_message_in_openais_order_numbered_from_zero() {
         let mut out = Output::new(true);
-        out.started(&json!({"id": "resp_1"}));
+        let response = json!({"id": "resp_1", "status": "in_progress"});
+        out.started(&serde_json::from_value(response).unwrap());
         out.text("Hel");
         out.text("lo");
         out.close();

@@ -13,6 +13,7 @@
 
 pub mod engine;
 pub mod events;
+pub mod object;
 pub mod translate;
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use crate::llm::{ChatRequest, Message, Messages};
 use crate::state::AppState;
 use crate::store::StoredResponse;
 use events::item_id;
+use object::{ResponseObject, ResponseStatus, TextOptions};
 use translate::InputError;
 
 /// The model names that run an agent: `agent:<name>`.
@@ -144,10 +146,21 @@ fn check_metadata(meta: &Value) -> Result<(), FieldError> {
 pub async fn prepare(
     state: &AppState,
     owner: &str,
-    body: Map<String, Value>,
+    mut body: Map<String, Value>,
 ) -> Result<Prepared, ApiError> {
     let config = &state.config;
     let mut errors = Vec::new();
+    // Taken out of the body: they go into the response as they came.
+    let tools = match body.remove("tools") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(t)) => t,
+        Some(_) => {
+            errors.push(invalid("tools", "`tools` must be a list of tools"));
+            Vec::new()
+        }
+    };
+    let tool_choice = body.remove("tool_choice").filter(|v| !v.is_null());
+    let metadata = body.remove("metadata").filter(|v| !v.is_null());
     let model = match body.get("model") {
         None | Some(Value::Null) => config.chat_model.clone(),
         Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
@@ -193,16 +206,6 @@ pub async fn prepare(
             }
         },
     };
-    let tools = match body.get("tools") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(t)) => t.clone(),
-        Some(_) => {
-            errors.push(invalid("tools", "`tools` must be a list of tools"));
-            Vec::new()
-        }
-    };
-    let tool_choice = body.get("tool_choice").filter(|v| !v.is_null()).cloned();
-    let metadata = body.get("metadata").filter(|v| !v.is_null()).cloned();
     if let Some(m) = &metadata
         && let Err(e) = check_metadata(m)
     {
@@ -248,13 +251,9 @@ pub async fn prepare(
                 .get(owner, id)
                 .await?
                 .ok_or_else(|| ApiError::PreviousResponseNotFound(id.clone()))?;
-            let output = match prev.response.get("output") {
-                Some(Value::Array(items)) => items.clone(),
-                _ => Vec::new(),
-            };
             let mut context = prev.context;
             context.extend(prev.input);
-            context.extend(output);
+            context.extend(prev.response.output);
             trim_context(&mut context, config.max_history_tokens.saturating_mul(8));
             context
         }
@@ -262,9 +261,13 @@ pub async fn prepare(
     let system = instructions
         .as_deref()
         .or_else(|| agent.as_ref().and_then(|a| a.instructions.as_deref()));
-    let mut all = context.clone();
-    all.extend(input.iter().cloned());
-    let mut messages = translate::to_messages(system, &all)?;
+    let mut messages = if context.is_empty() {
+        translate::to_messages(system, &input)?
+    } else {
+        let mut all = context.clone();
+        all.extend(input.iter().cloned());
+        translate::to_messages(system, &all)?
+    };
     trim_to_tokens(&mut messages, config.max_history_tokens);
 
     let upstream_model = match &agent {
@@ -292,31 +295,36 @@ pub async fn prepare(
         extra.insert("tool_choice".into(), c);
     }
 
-    let id = item_id("resp");
-    let response = json!({
-        "id": id,
-        "object": "response",
-        "created_at": chrono::Utc::now().timestamp(),
-        "status": "in_progress",
-        "completed_at": null,
-        "error": null,
-        "incomplete_details": null,
-        "instructions": instructions,
-        "max_output_tokens": max_output,
-        "model": model,
-        "output": [],
-        "parallel_tool_calls": parallel,
-        "previous_response_id": previous_id,
-        "store": store,
-        "background": background,
-        "temperature": temperature.unwrap_or(1.0),
-        "top_p": top_p.unwrap_or(1.0),
-        "tools": tools,
-        "tool_choice": tool_choice.unwrap_or_else(|| json!("auto")),
-        "metadata": metadata.unwrap_or_else(|| json!({})),
-        "text": {"format": {"type": "text"}},
-        "truncation": "disabled",
-    });
+    let response = ResponseObject {
+        id: item_id("resp"),
+        object: "response".into(),
+        created_at: chrono::Utc::now().timestamp(),
+        status: ResponseStatus::InProgress,
+        completed_at: None,
+        error: None,
+        incomplete_details: None,
+        instructions,
+        max_output_tokens: max_output,
+        model,
+        output: Vec::new(),
+        parallel_tool_calls: parallel,
+        previous_response_id: previous_id,
+        store,
+        background,
+        temperature: temperature.unwrap_or(1.0),
+        top_p: top_p.unwrap_or(1.0),
+        tools,
+        tool_choice: tool_choice.unwrap_or_else(|| Value::from("auto")),
+        metadata: metadata.unwrap_or_else(|| Value::Object(Map::new())),
+        text: TextOptions::default(),
+        truncation: "disabled".into(),
+        usage: None,
+    };
+    // Input items get ids only to be listed (`input_items`), which needs the response stored.
+    let input = match store {
+        true => input.into_iter().map(with_id).collect(),
+        false => input,
+    };
     Ok(Prepared {
         owner: owner.to_owned(),
         agent,
@@ -332,7 +340,7 @@ pub async fn prepare(
         record: StoredResponse {
             owner: owner.to_owned(),
             response,
-            input: input.into_iter().map(with_id).collect(),
+            input,
             context,
             background,
             run_id: None,

@@ -18,6 +18,7 @@
 use serde_json::{Map, Value, json};
 
 use super::events::Output;
+use super::object::{InputTokensDetails, OutputTokensDetails, ResponseUsage};
 use crate::llm::tool_calls::FunctionDelta;
 use crate::llm::{FunctionCall, Message, ToolCall, ToolCallDelta, Usage};
 
@@ -248,14 +249,14 @@ pub fn output_items(text: &str, calls: &[ToolCall]) -> Vec<Value> {
 }
 
 /// The usage of a response (every model call of it summed), in the Responses API's shape.
-pub fn usage_json(u: Usage) -> Value {
-    json!({
-        "input_tokens": u.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
-        "output_tokens": u.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": u.total_tokens,
-    })
+pub fn usage(u: Usage) -> ResponseUsage {
+    ResponseUsage {
+        input_tokens: u.prompt_tokens,
+        input_tokens_details: InputTokensDetails::default(),
+        output_tokens: u.completion_tokens,
+        output_tokens_details: OutputTokensDetails::default(),
+        total_tokens: u.total_tokens,
+    }
 }
 
 #[cfg(test)]
@@ -409,19 +410,16 @@ mod tests {
 
     #[test]
     fn usage_is_in_the_responses_shape() {
-        let u = usage_json(Usage {
+        let u = usage(Usage {
             prompt_tokens: 7,
             completion_tokens: 5,
             total_tokens: 12,
         });
         assert_eq!(
-            (
-                u["input_tokens"].as_u64(),
-                u["output_tokens"].as_u64(),
-                u["total_tokens"].as_u64()
-            ),
-            (Some(7), Some(5), Some(12))
+            serde_json::to_value(u).unwrap(),
+            json!({"input_tokens": 7, "input_tokens_details": {"cached_tokens": 0,
+                "cache_write_tokens": 0}, "output_tokens": 5,
+                "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 12})
         );
-        assert_eq!(u["output_tokens_details"]["reasoning_tokens"], 0);
     }
 }

@@ -12,6 +12,7 @@ use crate::error::{ApiError, FieldError, OpenAiError};
 use crate::extract::{AppJson, AppQuery};
 use crate::middleware::auth::Caller;
 use crate::openapi::{OpenAiErrorBody, SseEvent};
+use crate::responses::object::{ResponseObject, ResponseStatus};
 use crate::responses::{Prepared, engine, prepare};
 use crate::routes::stream::{run_frames, set_run_id, sse_response};
 use crate::runs::{Follow, NewRun, RunStatus, Runs};
@@ -49,7 +50,7 @@ pub async fn create_response(
     let p = prepare(&state, &caller.owner, body).await?;
     if !p.stream && !p.background {
         let record = engine::run_whole(&state, p).await?;
-        return Ok(Json(record.response).into_response());
+        return Ok(record.response.into_response());
     }
     start_run(&state, &caller, p).await.map_err(Into::into)
 }
@@ -65,7 +66,7 @@ async fn start_run(
         true => state.open_stream(&caller.owner).await?,
         false => None,
     };
-    let model = p.record.response["model"].as_str().unwrap_or("").to_owned();
+    let model = p.record.response.model.clone();
     let writer = state.runs.start(NewRun {
         owner: caller.owner.clone(),
         conversation_id: None,
@@ -140,10 +141,12 @@ async fn settled(state: &AppState, owner: &str, mut r: StoredResponse) -> Stored
     }
     let res = &mut r.response;
     if run == Some(RunStatus::Cancelled) {
-        res["status"] = json!("cancelled");
+        res.status = ResponseStatus::Cancelled;
     } else {
-        res["status"] = json!("failed");
-        res["error"] = json!({"code": "server_error", "message": "the response was interrupted; create it again"});
+        res.status = ResponseStatus::Failed;
+        res.error = Some(
+            json!({"code": "server_error", "message": "the response was interrupted; create it again"}),
+        );
     }
     r
 }
@@ -203,7 +206,7 @@ pub async fn get_response(
     };
     let r = held(&state, &caller.owner, &id).await?;
     if !stream {
-        return Ok(Json(r.response).into_response());
+        return Ok(r.response.into_response());
     }
     let Some(run_id) = r.run_id else {
         return Err(invalid(
@@ -285,7 +288,7 @@ pub async fn cancel_response(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, OpenAiError> {
+) -> Result<ResponseObject, OpenAiError> {
     let r = held(&state, &caller.owner, &id).await?;
     if !r.background {
         return Err(invalid(
@@ -296,7 +299,7 @@ pub async fn cancel_response(
         .into());
     }
     if r.ended() {
-        return Ok(Json(r.response));
+        return Ok(r.response);
     }
     if let Some(run_id) = &r.run_id {
         // Stops the producer (here or on another replica) and waits for it to end the run; it
@@ -308,7 +311,7 @@ pub async fn cancel_response(
             .map_err(ApiError::from)?;
     }
     let r = held(&state, &caller.owner, &id).await?;
-    Ok(Json(r.response))
+    Ok(r.response)
 }
 
 /// The query of `GET /v1/responses/{id}/input_items` (values arrive as strings).

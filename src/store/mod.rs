@@ -337,7 +337,7 @@ pub trait TaskQueue: Send + Sync + 'static {
 pub struct StoredResponse {
     pub owner: String,
     /// The response object (`id`, `status`, `output`, `usage`, ...), as `GET` answers it.
-    pub response: serde_json::Value,
+    pub response: crate::responses::object::ResponseObject,
     /// This request's input items, each with an `id` (`GET .../input_items`).
     pub input: Vec<serde_json::Value>,
     /// The items before them: the previous responses' inputs and outputs, oldest first.
@@ -350,22 +350,16 @@ pub struct StoredResponse {
 
 impl StoredResponse {
     pub fn id(&self) -> &str {
-        self.response
-            .get("id")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("")
+        &self.response.id
     }
 
     pub fn status(&self) -> &str {
-        self.response
-            .get("status")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("")
+        self.response.status.as_str()
     }
 
     /// Ended: completed, failed, cancelled or incomplete.
     pub fn ended(&self) -> bool {
-        !matches!(self.status(), "queued" | "in_progress")
+        self.response.status.ended()
     }
 }
 

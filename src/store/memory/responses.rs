@@ -187,7 +187,7 @@ mod tests {
     fn response(owner: &str, id: &str, status: &str) -> StoredResponse {
         StoredResponse {
             owner: owner.into(),
-            response: json!({"id": id, "object": "response", "status": status}),
+            response: serde_json::from_value(json!({"id": id, "status": status})).unwrap(),
             input: vec![json!({"type": "message", "role": "user", "content": "hi"})],
             context: Vec::new(),
             background: false,
