@@ -12,6 +12,7 @@
 //! [`Output`] is fed what the model and the tools do, and keeps the frames made since the
 //! last [`Output::take_frames`] (none when nobody streams).
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Value, json};
 
 use super::object::ResponseObject;
@@ -50,6 +51,140 @@ pub fn item_id(prefix: &str) -> String {
     id
 }
 
+/// An output item: a message the model writes, typed (its text is written into as it streams,
+/// and the item is written out without a JSON tree: a tree cost an unstreamed answer about
+/// 5,000 instructions, measured with callgrind), or any other item as its JSON
+/// (`function_call`, `mcp_call`, and every item of a stored response read back).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    Message(MessageItem),
+    Json(Value),
+}
+
+/// An assistant message of one `output_text` part.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageItem {
+    pub id: String,
+    pub status: &'static str,
+    pub text: String,
+    /// Its part was added (a streamed message is announced with no content).
+    pub part: bool,
+}
+
+/// A null for the fields a message item does not have.
+const NULL: &Value = &Value::Null;
+
+impl Item {
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Message(m) => &m.id,
+            Self::Json(v) => v["id"].as_str().unwrap_or(""),
+        }
+    }
+
+    fn status(&self) -> &str {
+        match self {
+            Self::Message(m) => m.status,
+            Self::Json(v) => v["status"].as_str().unwrap_or(""),
+        }
+    }
+
+    fn set_status(&mut self, status: &'static str) {
+        match self {
+            Self::Message(m) => m.status = status,
+            Self::Json(v @ Value::Object(_)) => v["status"] = Value::from(status),
+            Self::Json(_) => {}
+        }
+    }
+
+    /// A field of a JSON item (null for a message).
+    fn field(&self, name: &str) -> &Value {
+        match self {
+            Self::Message(_) => NULL,
+            Self::Json(v) => &v[name],
+        }
+    }
+
+    /// A string field of a JSON item, to write into.
+    fn text_field(&mut self, name: &str) -> Option<&mut String> {
+        match self {
+            Self::Json(v) => match v.get_mut(name)? {
+                Value::String(s) => Some(s),
+                _ => None,
+            },
+            Self::Message(_) => None,
+        }
+    }
+
+    /// The item as JSON (a stored response's output becomes the next one's context).
+    pub fn into_value(self) -> Value {
+        match self {
+            Self::Message(m) => serde_json::to_value(&m).unwrap_or_default(),
+            Self::Json(v) => v,
+        }
+    }
+}
+
+/// The message's one content part.
+#[derive(Serialize)]
+struct TextPart<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    text: &'a str,
+    annotations: &'static [Value],
+    logprobs: &'static [Value],
+}
+
+impl<'a> TextPart<'a> {
+    fn new(text: &'a str) -> Self {
+        Self {
+            kind: "output_text",
+            text,
+            annotations: &[],
+            logprobs: &[],
+        }
+    }
+}
+
+impl Serialize for MessageItem {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Message<'a> {
+            id: &'a str,
+            #[serde(rename = "type")]
+            kind: &'static str,
+            status: &'static str,
+            role: &'static str,
+            content: &'a [TextPart<'a>],
+        }
+        let part = [TextPart::new(&self.text)];
+        Message {
+            id: &self.id,
+            kind: "message",
+            status: self.status,
+            role: "assistant",
+            content: if self.part { &part } else { &[] },
+        }
+        .serialize(s)
+    }
+}
+
+impl Serialize for Item {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Message(m) => m.serialize(s),
+            Self::Json(v) => v.serialize(s),
+        }
+    }
+}
+
+/// Read back (a stored response), every item is its JSON.
+impl<'de> Deserialize<'de> for Item {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Value::deserialize(d).map(Self::Json)
+    }
+}
+
 /// A function call the model is making (streamed fragments by their index).
 struct OpenCall {
     index: Option<u32>,
@@ -57,7 +192,7 @@ struct OpenCall {
 }
 
 pub struct Output {
-    items: Vec<Value>,
+    items: Vec<Item>,
     seq: u64,
     /// Frames are made (the response is streamed or kept in a run).
     streamed: bool,
@@ -89,16 +224,18 @@ impl Output {
         std::mem::take(&mut self.frames)
     }
 
-    pub fn items(&self) -> &[Value] {
-        &self.items
+    /// The items as JSON.
+    #[cfg(test)]
+    pub fn items(&self) -> Vec<Value> {
+        self.items.iter().cloned().map(Item::into_value).collect()
     }
 
     /// Whole items (an unstreamed answer), without events.
-    pub fn extend(&mut self, items: Vec<Value>) {
+    pub fn extend(&mut self, items: Vec<Item>) {
         self.items.extend(items);
     }
 
-    pub fn into_items(self) -> Vec<Value> {
+    pub fn into_items(self) -> Vec<Item> {
         self.items
     }
 
@@ -124,7 +261,7 @@ impl Output {
         self.event("response.in_progress", |_| json!({"response": response}));
     }
 
-    fn add_item(&mut self, item: Value) -> usize {
+    fn add_item(&mut self, item: Item) -> usize {
         let output_index = self.items.len();
         self.items.push(item);
         self.event(
@@ -150,25 +287,28 @@ impl Output {
             Some(at) => at,
             None => {
                 self.close_calls();
-                let id = item_id("msg");
-                let at = self
-                    .add_item(json!({"id": id, "type": "message", "status": "in_progress",
-                    "role": "assistant", "content": []}));
-                self.event("response.content_part.added", |_| {
-                    json!({"item_id": id, "output_index": at, "content_index": 0,
-                        "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}})
+                let at = self.add_item(Item::Message(MessageItem {
+                    id: item_id("msg"),
+                    status: "in_progress",
+                    text: String::new(),
+                    part: false,
+                }));
+                self.event("response.content_part.added", |o| {
+                    json!({"item_id": o.items[at].id(), "output_index": at, "content_index": 0,
+                        "part": TextPart::new("")})
                 });
-                self.items[at]["content"] = json!([{"type": "output_text", "text": "",
-                    "annotations": [], "logprobs": []}]);
+                if let Item::Message(m) = &mut self.items[at] {
+                    m.part = true;
+                }
                 self.text = Some(at);
                 at
             }
         };
-        if let Some(text) = message_text(&mut self.items[at]) {
-            text.push_str(delta);
+        if let Item::Message(m) = &mut self.items[at] {
+            m.text.push_str(delta);
         }
         self.event("response.output_text.delta", |o| {
-            json!({"item_id": o.items[at]["id"], "output_index": at, "content_index": 0,
+            json!({"item_id": o.items[at].id(), "output_index": at, "content_index": 0,
                 "delta": delta, "logprobs": []})
         });
     }
@@ -178,15 +318,19 @@ impl Output {
         let Some(at) = self.text.take() else {
             return;
         };
+        let text = |o: &Self| match &o.items[at] {
+            Item::Message(m) => m.text.clone(),
+            Item::Json(_) => String::new(),
+        };
         self.event("response.output_text.done", |o| {
-            json!({"item_id": o.items[at]["id"], "output_index": at, "content_index": 0,
-                "text": o.items[at]["content"][0]["text"], "logprobs": []})
+            json!({"item_id": o.items[at].id(), "output_index": at, "content_index": 0,
+                "text": text(o), "logprobs": []})
         });
         self.event("response.content_part.done", |o| {
-            json!({"item_id": o.items[at]["id"], "output_index": at, "content_index": 0,
-                "part": o.items[at]["content"][0]})
+            json!({"item_id": o.items[at].id(), "output_index": at, "content_index": 0,
+                "part": TextPart::new(&text(o))})
         });
-        self.items[at]["status"] = json!("completed");
+        self.items[at].set_status("completed");
         self.done_item(at);
     }
 
@@ -197,8 +341,9 @@ impl Output {
             None => {
                 self.close_text();
                 let call_id = d.id.clone().unwrap_or_else(|| item_id("call"));
-                let at = self.add_item(json!({"id": item_id("fc"), "type": "function_call",
-                    "status": "in_progress", "call_id": call_id, "name": "", "arguments": ""}));
+                let at = self.add_item(Item::Json(json!({"id": item_id("fc"),
+                    "type": "function_call", "status": "in_progress", "call_id": call_id,
+                    "name": "", "arguments": ""})));
                 self.calls.push(OpenCall {
                     index: d.index,
                     output_index: at,
@@ -210,19 +355,19 @@ impl Output {
             return;
         };
         if let Some(name) = f.name.as_deref().filter(|n| !n.is_empty())
-            && let Some(Value::String(n)) = self.items[at].get_mut("name")
+            && let Some(n) = self.items[at].text_field("name")
         {
             n.push_str(name);
         }
         let Some(args) = f.arguments.as_deref().filter(|a| !a.is_empty()) else {
             return;
         };
-        if let Some(Value::String(a)) = self.items[at].get_mut("arguments") {
+        if let Some(a) = self.items[at].text_field("arguments") {
             a.push_str(args);
         }
         self.event(
             "response.function_call_arguments.delta",
-            |o| json!({"item_id": o.items[at]["id"], "output_index": at, "delta": args}),
+            |o| json!({"item_id": o.items[at].id(), "output_index": at, "delta": args}),
         );
     }
 
@@ -231,10 +376,10 @@ impl Output {
             let at = call.output_index;
             self.event("response.function_call_arguments.done", |o| {
                 let item = &o.items[at];
-                json!({"item_id": item["id"], "output_index": at, "name": item["name"],
-                    "arguments": item["arguments"]})
+                json!({"item_id": item.id(), "output_index": at, "name": item.field("name"),
+                    "arguments": item.field("arguments")})
             });
-            self.items[at]["status"] = json!("completed");
+            self.items[at].set_status("completed");
             self.done_item(at);
         }
     }
@@ -244,11 +389,11 @@ impl Output {
         self.close_text();
         self.close_calls();
         let id = mcp_item_id(call_id);
-        let at = self.add_item(
+        let at = self.add_item(Item::Json(
             json!({"id": id, "type": "mcp_call", "status": "in_progress",
             "server_label": server_label, "name": name, "arguments": arguments,
             "output": null, "error": null}),
-        );
+        ));
         self.event(
             "response.mcp_call_arguments.done",
             |_| json!({"item_id": id, "output_index": at, "arguments": arguments}),
@@ -262,21 +407,23 @@ impl Output {
     /// A tool run here ended with its result or error.
     pub fn tool_ended(&mut self, call_id: &str, outcome: Result<&str, &str>) {
         let id = mcp_item_id(call_id);
-        let Some(at) = self.items.iter().position(|i| i["id"] == id.as_str()) else {
+        let Some(at) = self.items.iter().position(|i| i.id() == id) else {
             return;
         };
-        let kind = match outcome {
-            Ok(output) => {
-                self.items[at]["output"] = json!(output);
-                self.items[at]["status"] = json!("completed");
+        let item = &mut self.items[at];
+        let kind = match (outcome, &mut *item) {
+            (Ok(output), Item::Json(v)) => {
+                v["output"] = json!(output);
+                item.set_status("completed");
                 "response.mcp_call.completed"
             }
-            Err(error) => {
-                self.items[at]["error"] = json!({"type": "mcp_tool_execution_error",
+            (Err(error), Item::Json(v)) => {
+                v["error"] = json!({"type": "mcp_tool_execution_error",
                     "content": [{"type": "text", "text": error}]});
-                self.items[at]["status"] = json!("failed");
+                item.set_status("failed");
                 "response.mcp_call.failed"
             }
+            (_, Item::Message(_)) => return,
         };
         self.event(kind, |_| json!({"item_id": id, "output_index": at}));
         self.done_item(at);
@@ -293,18 +440,10 @@ impl Output {
         self.text = None;
         self.calls.clear();
         for item in &mut self.items {
-            if item["status"] == "in_progress" {
-                item["status"] = json!("incomplete");
+            if item.status() == "in_progress" {
+                item.set_status("incomplete");
             }
         }
-    }
-}
-
-/// The text of a message item (its first content part's), to write into.
-fn message_text(item: &mut Value) -> Option<&mut String> {
-    match item.get_mut("content")?.get_mut(0)?.get_mut("text")? {
-        Value::String(text) => Some(text),
-        _ => None,
     }
 }
 

@@ -253,7 +253,12 @@ pub async fn prepare(
                 .ok_or_else(|| ApiError::PreviousResponseNotFound(id.clone()))?;
             let mut context = prev.context;
             context.extend(prev.input);
-            context.extend(prev.response.output);
+            context.extend(
+                prev.response
+                    .output
+                    .into_iter()
+                    .map(events::Item::into_value),
+            );
             trim_context(&mut context, config.max_history_tokens.saturating_mul(8));
             context
         }

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::events::Item;
 use crate::error::{ApiError, OpenAiError};
 
 /// Where a response is: OpenAI's `status` values.
@@ -74,7 +75,7 @@ pub struct ResponseObject {
     #[serde(default)]
     pub model: String,
     #[serde(default)]
-    pub output: Vec<Value>,
+    pub output: Vec<Item>,
     #[serde(default = "yes")]
     pub parallel_tool_calls: bool,
     #[serde(default)]

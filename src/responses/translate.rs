@@ -17,7 +17,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::events::Output;
+use super::events::{Item, Output};
 use super::object::{InputTokensDetails, OutputTokensDetails, ResponseUsage};
 use crate::llm::tool_calls::FunctionDelta;
 use crate::llm::{FunctionCall, Message, ToolCall, ToolCallDelta, Usage};
@@ -230,7 +230,7 @@ pub fn tool_choice_to_chat(choice: &Value) -> Result<Value, InputError> {
 
 /// The output items of one answer: a `message` (when there is text), then its function calls.
 /// `id` makes each item's id from its kind (`msg`, `fc`).
-pub fn output_items(text: &str, calls: &[ToolCall]) -> Vec<Value> {
+pub fn output_items(text: &str, calls: &[ToolCall]) -> Vec<Item> {
     // Made by the same [`Output`] that streams them, so that both have one shape.
     let mut out = Output::new(false);
     out.text(text);
@@ -392,7 +392,10 @@ mod tests {
                 arguments: "{\"city\":\"Paris\"}".into(),
             },
         }];
-        let items = output_items("Let me look.", &calls);
+        let items: Vec<Value> = output_items("Let me look.", &calls)
+            .into_iter()
+            .map(Item::into_value)
+            .collect();
         assert_eq!(items[0]["type"], "message");
         assert_eq!(items[0]["content"][0]["text"], "Let me look.");
         assert_eq!(items[1]["call_id"], "call_1");
