@@ -52,8 +52,8 @@ pub fn item_id(prefix: &str) -> String {
 }
 
 /// An output item: a message the model writes, typed (its text is written into as it streams,
-/// and the item is written out without a JSON tree: a tree cost an unstreamed answer about
-/// 5,000 instructions, measured with callgrind), or any other item as its JSON
+/// and the item is written out without a JSON tree: the tree cost an unstreamed answer about
+/// 4,000 instructions, measured with callgrind), or any other item as its JSON
 /// (`function_call`, `mcp_call`, and every item of a stored response read back).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item {

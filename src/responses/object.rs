@@ -11,7 +11,8 @@
 //!
 //! Written as a body by sonic-rs rather than serde_json (the same serde `Serialize`): serde_json
 //! escapes strings a byte at a time, about 13,000 instructions for the bench's 945-byte answer;
-//! with sonic-rs (16 bytes at a time) the difference above is 22,800.
+//! with sonic-rs (16 bytes at a time) the difference above is 22,800, and 18,900 with the keys
+//! written as constants ([`ResponseObject::to_json`]).
 
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
