@@ -55,7 +55,8 @@ pub fn item_id(prefix: &str) -> String {
 /// and the item is written out without a JSON tree: the tree cost an unstreamed answer about
 /// 4,000 instructions, measured with callgrind), or any other item as its JSON
 /// (`function_call`, `mcp_call`, and every item of a stored response read back).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
 pub enum Item {
     Message(MessageItem),
     Json(Value),
@@ -166,15 +167,6 @@ impl Serialize for MessageItem {
             content: if self.part { &part } else { &[] },
         }
         .serialize(s)
-    }
-}
-
-impl Serialize for Item {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Self::Message(m) => m.serialize(s),
-            Self::Json(v) => v.serialize(s),
-        }
     }
 }
 

@@ -27,7 +27,7 @@ use crate::llm::{ChatRequest, Message, Messages};
 use crate::state::AppState;
 use crate::store::StoredResponse;
 use events::item_id;
-use object::{ResponseObject, ResponseStatus, TextOptions};
+use object::{ResponseObject, ResponseStatus};
 use translate::InputError;
 
 /// The model names that run an agent: `agent:<name>`.
@@ -266,13 +266,7 @@ pub async fn prepare(
     let system = instructions
         .as_deref()
         .or_else(|| agent.as_ref().and_then(|a| a.instructions.as_deref()));
-    let mut messages = if context.is_empty() {
-        translate::to_messages(system, &input)?
-    } else {
-        let mut all = context.clone();
-        all.extend(input.iter().cloned());
-        translate::to_messages(system, &all)?
-    };
+    let mut messages = translate::to_messages(system, &context, &input)?;
     trim_to_tokens(&mut messages, config.max_history_tokens);
 
     let upstream_model = match &agent {
@@ -302,7 +296,7 @@ pub async fn prepare(
 
     let response = ResponseObject {
         id: item_id("resp"),
-        object: "response".into(),
+        object: (),
         created_at: chrono::Utc::now().timestamp(),
         status: ResponseStatus::InProgress,
         completed_at: None,
@@ -321,8 +315,8 @@ pub async fn prepare(
         tools,
         tool_choice: tool_choice.unwrap_or_else(|| Value::from("auto")),
         metadata: metadata.unwrap_or_else(|| Value::Object(Map::new())),
-        text: TextOptions::default(),
-        truncation: "disabled".into(),
+        text: (),
+        truncation: (),
         usage: None,
     };
     // Input items get ids only to be listed (`input_items`), which needs the response stored.

@@ -16,7 +16,7 @@
 
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
 use super::events::Item;
@@ -58,8 +58,9 @@ impl ResponseStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResponseObject {
     pub id: String,
-    #[serde(default = "object_kind")]
-    pub object: String,
+    /// `"object": "response"`, always (written, never read).
+    #[serde(serialize_with = "object_kind", skip_deserializing)]
+    pub object: (),
     #[serde(default)]
     pub created_at: i64,
     pub status: ResponseStatus,
@@ -95,10 +96,12 @@ pub struct ResponseObject {
     pub tool_choice: Value,
     #[serde(default = "no_metadata")]
     pub metadata: Value,
-    #[serde(default)]
-    pub text: TextOptions,
-    #[serde(default = "disabled")]
-    pub truncation: String,
+    /// `"text": {"format": {"type": "text"}}`: plain text answers only.
+    #[serde(serialize_with = "text_format", skip_deserializing)]
+    pub text: (),
+    /// `"truncation": "disabled"` (a request's own `truncation` is accepted and ignored).
+    #[serde(serialize_with = "disabled", skip_deserializing)]
+    pub truncation: (),
     /// Set when the response ends with its work done (every model call of it summed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<ResponseUsage>,
@@ -112,7 +115,7 @@ impl ResponseObject {
         // Every field named: a new one does not compile until it is written here too.
         let Self {
             id,
-            object,
+            object: (),
             created_at,
             status,
             completed_at,
@@ -131,13 +134,13 @@ impl ResponseObject {
             tools,
             tool_choice,
             metadata,
-            text,
-            truncation,
+            text: (),
+            truncation: (),
             usage,
         } = self;
         let mut b = Body(Vec::with_capacity(1024));
         b.field("{\"id\":", id)?;
-        b.field(",\"object\":", object)?;
+        b.constant(",\"object\":", OBJECT);
         b.field(",\"created_at\":", created_at)?;
         b.field(",\"status\":", status.as_str())?;
         b.field(",\"completed_at\":", completed_at)?;
@@ -156,9 +159,8 @@ impl ResponseObject {
         b.field(",\"tools\":", tools)?;
         b.field(",\"tool_choice\":", tool_choice)?;
         b.field(",\"metadata\":", metadata)?;
-        b.field(",\"text\":{\"format\":", &text.format)?;
-        b.0.push(b'}');
-        b.field(",\"truncation\":", truncation)?;
+        b.constant(",\"text\":", TEXT);
+        b.constant(",\"truncation\":", TRUNCATION);
         if let Some(u) = usage {
             b.field(",\"usage\":", u)?;
         }
@@ -175,6 +177,12 @@ impl Body {
     fn field<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> sonic_rs::Result<()> {
         self.0.extend_from_slice(key.as_bytes());
         sonic_rs::to_writer(&mut self.0, value)
+    }
+
+    /// `key` and JSON text written as it is.
+    fn constant(&mut self, key: &str, json: &str) {
+        self.0.extend_from_slice(key.as_bytes());
+        self.0.extend_from_slice(json.as_bytes());
     }
 
     fn flag(&mut self, key: &str, value: bool) {
@@ -200,9 +208,36 @@ impl IntoResponse for ResponseObject {
     }
 }
 
-fn object_kind() -> String {
-    "response".into()
+/// The fields whose value never changes, as [`ResponseObject::to_json`] writes them (the
+/// functions below write the same for the derive; a test holds the two equal).
+const OBJECT: &str = r#""response""#;
+const TEXT: &str = r#"{"format":{"type":"text"}}"#;
+const TRUNCATION: &str = r#""disabled""#;
+
+fn object_kind<S: Serializer>(_: &(), s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("response")
 }
+
+fn disabled<S: Serializer>(_: &(), s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("disabled")
+}
+
+fn text_format<S: Serializer>(_: &(), s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Format {
+        #[serde(rename = "type")]
+        kind: &'static str,
+    }
+    #[derive(Serialize)]
+    struct Text {
+        format: Format,
+    }
+    Text {
+        format: Format { kind: "text" },
+    }
+    .serialize(s)
+}
+
 fn yes() -> bool {
     true
 }
@@ -215,26 +250,6 @@ fn auto() -> Value {
 fn no_metadata() -> Value {
     Value::Object(serde_json::Map::new())
 }
-fn disabled() -> String {
-    "disabled".into()
-}
-
-/// `text`: the answer's format (plain text here).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TextOptions {
-    pub format: Value,
-}
-
-impl Default for TextOptions {
-    fn default() -> Self {
-        let mut format = serde_json::Map::new();
-        format.insert("type".into(), Value::from("text"));
-        Self {
-            format: Value::Object(format),
-        }
-    }
-}
-
 /// The usage of a response, in the Responses API's shape ([`super::translate::usage`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ResponseUsage {

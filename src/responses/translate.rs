@@ -48,23 +48,26 @@ pub fn input_items(input: &Value) -> Result<Vec<Value>, InputError> {
     }
 }
 
-/// The messages sent upstream for `items` (the previous responses' items first, then this
-/// request's), after `instructions` as the system message.
+/// The messages sent upstream for the previous responses' items (`context`), then this
+/// request's (`input`), after `instructions` as the system message. A bad input item is named
+/// by its place in `input`; a bad context item (a stored one) by `previous_response_id`.
 pub fn to_messages(
     instructions: Option<&str>,
-    items: &[Value],
+    context: &[Value],
+    input: &[Value],
 ) -> Result<Vec<Message>, InputError> {
-    let mut out = Vec::with_capacity(items.len() + 1);
+    let mut out = Vec::with_capacity(context.len() + input.len() + 1);
     if let Some(text) = instructions {
         out.push(Message::new("system", text));
     }
-    for (i, item) in items.iter().enumerate() {
-        let param = |field: &str| format!("input[{i}].{field}");
+    for (n, item) in context.iter().chain(input).enumerate() {
+        let at = match n.checked_sub(context.len()) {
+            Some(i) => format!("input[{i}]"),
+            None => "previous_response_id".to_owned(),
+        };
+        let param = |field: &str| format!("{at}.{field}");
         let Some(obj) = item.as_object() else {
-            return Err(bad(
-                format!("input[{i}]"),
-                "an input item must be an object",
-            ));
+            return Err(bad(at, "an input item must be an object"));
         };
         let kind = obj.get("type").and_then(Value::as_str);
         match kind {
@@ -270,14 +273,14 @@ mod tests {
     #[test]
     fn a_string_input_is_one_user_message_after_the_instructions() {
         let items = input_items(&json!("Hi")).unwrap();
-        let m = to_messages(Some("Be brief."), &items).unwrap();
+        let m = to_messages(Some("Be brief."), &[], &items).unwrap();
         assert_eq!(roles(&m), ["system", "user"]);
         assert_eq!(
             (m[0].content.as_str(), m[1].content.as_str()),
             ("Be brief.", "Hi")
         );
         // No instructions: no system message is added.
-        assert_eq!(roles(&to_messages(None, &items).unwrap()), ["user"]);
+        assert_eq!(roles(&to_messages(None, &[], &items).unwrap()), ["user"]);
         assert!(input_items(&json!(3)).is_err());
     }
 
@@ -290,7 +293,7 @@ mod tests {
             {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hi!"}]},
             {"role": "system", "content": "More rules."},
         ]);
-        let m = to_messages(None, items.as_array().unwrap()).unwrap();
+        let m = to_messages(None, &[], items.as_array().unwrap()).unwrap();
         assert_eq!(roles(&m), ["system", "user", "assistant", "system"]);
         assert_eq!(m[1].content, "Hello, there");
         assert_eq!(m[2].content, "Hi!");
@@ -307,7 +310,7 @@ mod tests {
             {"type": "message", "role": "assistant", "content": "Paris sunny,"},
             {"type": "function_call", "call_id": "c3", "name": "weather", "arguments": "{}"},
         ]);
-        let m = to_messages(None, items.as_array().unwrap()).unwrap();
+        let m = to_messages(None, &[], items.as_array().unwrap()).unwrap();
         assert_eq!(
             roles(&m),
             ["user", "assistant", "tool", "tool", "assistant"]
@@ -352,9 +355,15 @@ mod tests {
             (json!(["text"]), "input[0]"),
         ];
         for (items, param) in cases {
-            let e = to_messages(None, items.as_array().unwrap()).unwrap_err();
+            let e = to_messages(None, &[], items.as_array().unwrap()).unwrap_err();
             assert_eq!(e.param, param, "{items}");
         }
+        // After a previous response's items, an input item is still named by its own place.
+        let context = [json!({"role": "user", "content": "before"})];
+        let e = to_messages(None, &context, &[json!("text")]).unwrap_err();
+        assert_eq!(e.param, "input[0]");
+        let e = to_messages(None, &[json!(1)], &[]).unwrap_err();
+        assert_eq!(e.param, "previous_response_id");
     }
 
     #[test]
@@ -405,7 +414,7 @@ mod tests {
         let only_calls = output_items("", &calls);
         assert_eq!(only_calls.len(), 1);
         // Fed back as input (previous_response_id), the same turn comes out.
-        let back = to_messages(None, &items).unwrap();
+        let back = to_messages(None, &[], &items).unwrap();
         assert_eq!(roles(&back), ["assistant"]);
         assert_eq!(back[0].content, "Let me look.");
         assert_eq!(back[0].tool_calls.as_deref(), Some(&calls[..]));

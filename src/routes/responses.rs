@@ -83,13 +83,14 @@ async fn start_run(
             .await?;
     }
     let (stream, background) = (p.stream, p.background);
-    let started = p.record.response.clone();
+    // A background response answers the object as it starts; a stream, its events.
+    let started = (!stream).then(|| p.record.response.clone());
     let producer = state.clone();
     state.runner.spawn(async move {
         engine::run_logged(&producer, p, writer).await;
     });
-    if !stream {
-        return Ok(Json(started).into_response());
+    if let Some(started) = started {
+        return Ok(started.into_response());
     }
     let Follow::Events(events) = state.runs.follow(&caller.owner, &run_id, 0).await? else {
         return Err(ApiError::Internal(
